@@ -1,0 +1,176 @@
+"""Command line: `python -m dlcv {data,train,eval,predict} ...`; the only module that prints or parses strings."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from dlcv.config import default_data_root
+
+log = logging.getLogger("dlcv")
+
+
+def _presets_help() -> str:
+    from dlcv.presets import PRESETS
+
+    lines = [f"  {name:<22} {cfg.family:<11} {cfg.data.dataset}" for name, cfg in sorted(PRESETS.items())]
+    return "presets (name, family, data):\n" + "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree; `python -m dlcv --help` lists the presets."""
+    parser = argparse.ArgumentParser(prog="python -m dlcv", description="dlcv: train, sample and evaluate.",
+                                     epilog=_presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="prepare the course's on-disk layout")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="build <out>/face and <out>/digits/<domain> from a source")
+    prep.add_argument("--source", required=True,
+                      help="a folder laid out like ../shared/data, or 'torchvision' (downloads; needs internet)")
+    prep.add_argument("--out", default=default_data_root(), help="output root (default $DLCV_DATA or ./data)")
+    prep.add_argument("--only", nargs="+", metavar="DATASET",
+                      help="subset of mnistm usps mnist svhn face mnistm_synth (default: all that are present)")
+    prep.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out as val")
+    prep.add_argument("--seed", type=int, default=0, help="split seed")
+    prep.add_argument("--synth-mnistm", type=int, default=0, metavar="N",
+                      help="also build `mnistm_synth`: N MNIST-M-style digits from MNIST + BSDS500 (Ganin & Lempitsky)")
+    prep.add_argument("--overwrite", action="store_true", help="replace an output folder that holds other data")
+    prep.add_argument("--download-dir", default=None, help="torchvision download folder")
+
+    train = sub.add_parser("train", help="train a preset", epilog=_presets_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("preset")
+    train.add_argument("--out", default=None, help="checkpoint folder (default runs/<name>/checkpoint)")
+    train.add_argument("--fresh", action="store_true", help="ignore runs/<name>/state.pt and start over")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    ev = sub.add_parser("eval", help="accuracy of a classifier checkpoint (or the course's Classifier.pth)")
+    ev.add_argument("checkpoint", help="checkpoint folder, or a .pth file of the course's digit classifier")
+    ev.add_argument("--data", default=default_data_root(), help="course-layout root")
+    ev.add_argument("--domain", default="mnistm", help="digits domain (ignored with --attribute)")
+    ev.add_argument("--attribute", default="", help="evaluate on faces, labels from this attribute (e.g. Smiling)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
+    pred.add_argument("checkpoint")
+    pred.add_argument("--images", required=True, help="folder of images (sorted by name)")
+    pred.add_argument("--out", required=True, help="CSV path")
+    pred.add_argument("--resize", action="store_true", help="resize images of another size (bilinear)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code. Errors are one line naming the problem and the fix."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if rest and args.command != "train":
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    try:
+        return COMMANDS[args.command](args, rest)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def cmd_data(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.data.prepare import prepare
+
+    start = time.perf_counter()
+    report = prepare(args.source, args.out, only=args.only, val_fraction=args.val_fraction, seed=args.seed,
+                     synth_mnistm=args.synth_mnistm, overwrite=args.overwrite, download_dir=args.download_dir,
+                     progress=lambda msg: print(msg, flush=True))
+    for name, entry in report.items():
+        print(f"\n{name}: {entry['status']} ({entry['path']})")
+        counts = entry["counts"]
+        columns = list(next(iter(counts.values())).keys())
+        widths = [max(8, len(c)) + 1 for c in columns]
+        print("  " + f"{'split':<6}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
+        for split, row in counts.items():
+            print("  " + f"{split:<6}" + "".join(f"{row.get(c, 0):>{w}}" for c, w in zip(columns, widths)))
+    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    import shutil
+
+    from dlcv.config import apply_overrides, to_dict
+    from dlcv.presets import get_preset
+    from dlcv.training import train
+    from dlcv.training.common import STATE_NAME, run_dir
+
+    cfg = apply_overrides(get_preset(args.preset), rest)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    if args.fresh and (run_dir(cfg) / STATE_NAME).exists():
+        shutil.rmtree(run_dir(cfg))
+    out = train(cfg, out=args.out)
+    print(f"checkpoint written to {out}")
+    return 0
+
+
+def _load_classifier(path: str):
+    from dlcv import hub
+
+    if Path(path).is_file():
+        return hub.load_course_classifier(path)
+    model, _ = hub.load(path)
+    return model
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.config import DataConfig
+    from dlcv.data.loaders import load_split
+    from dlcv.metrics import accuracy, per_class_accuracy, predict_logits
+
+    model = _load_classifier(args.checkpoint)
+    mc = model.config
+    data = DataConfig(root=args.data, dataset="face" if args.attribute else "digits", domain=args.domain,
+                      attribute=args.attribute, image_size=mc.image_size, channels=mc.in_channels)
+    images, labels = load_split(data, args.split)
+    if labels is None:
+        raise ValueError("faces need --attribute to have labels to score")
+    pred = predict_logits(model, images).argmax(1)
+    result = {"accuracy": accuracy(pred, labels), "n": len(labels),
+              "per_class": per_class_accuracy(pred, labels, mc.num_classes)}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        what = f"face/{args.split} ({args.attribute})" if args.attribute else f"digits/{args.domain}/{args.split}"
+        print(f"{what}: accuracy {result['accuracy']:.4f} on {result['n']} images")
+        print("class " + " ".join(f"{c:>6}" for c in result["per_class"]))
+        print("acc   " + " ".join(f"{a:6.3f}" for a in result["per_class"].values()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.data.digits import read_image_folder
+    from dlcv.fileio import atomic_write_text
+    from dlcv.metrics import predict_logits
+
+    model = _load_classifier(args.checkpoint)
+    images, names = read_image_folder(args.images, channels=model.config.in_channels,
+                                      image_size=model.config.image_size, resize=args.resize)
+    labels = predict_logits(model, images).argmax(1).tolist()
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image_name", "label"])
+    writer.writerows(zip(names, labels))
+    atomic_write_text(args.out, buf.getvalue())
+    print(f"wrote {len(names)} predictions to {args.out}")
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}

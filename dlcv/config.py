@@ -1,0 +1,216 @@
+"""Typed run configuration: DataConfig, TrainConfig, RunConfig, dict round trips and `--train.lr=1e-4` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_DATA_ROOT = "data"
+
+
+def default_data_root() -> str:
+    """The course-layout data root: $DLCV_DATA if set, else ./data."""
+    return os.environ.get("DLCV_DATA", DEFAULT_DATA_ROOT)
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise a ValueError naming the field and the allowed values."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not allowed; choose from {list(choices)}")
+
+
+@dataclass
+class DataConfig:
+    """Which split of the course layout a run reads, and at which size."""
+
+    root: str = field(default_factory=default_data_root)
+    dataset: Literal["face", "digits"] = "digits"
+    domain: str = "mnistm"  # digits: the (source) domain folder under <root>/digits/
+    target_domain: str = ""  # digits UDA: the unlabelled target domain, "" for none
+    attribute: str = ""  # faces: the 0/1 attribute column used as label, "" for none
+    image_size: int = 28
+    channels: int = 3  # grey domains are replicated to 3 channels when 3 is asked for
+
+    def __post_init__(self) -> None:
+        check_choice("data.dataset", self.dataset, ("face", "digits"))
+        check_choice("data.channels", self.channels, (1, 3))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule. Steps count optimizer updates, never epochs."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, ...] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 500
+    sample_every: int = 500
+    save_every: int = 500
+    ema_decay: float = 0.0  # 0 disables EMA
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
+    amp: bool = True  # bf16 autocast where the device supports it
+    channels_last: bool = True
+    deterministic: bool = False
+    progress: bool = True
+    out_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError(f"train.steps must be >= 0 and train.batch_size >= 1, got {self.steps}, {self.batch_size}")
+
+
+@dataclass
+class RunConfig:
+    """One training run: a family, an architecture with its model config, data and schedule."""
+
+    name: str
+    family: str  # key of dlcv.training.TRAINERS
+    architecture: str  # key of dlcv.models.ARCHITECTURES
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: dict[str, Any] = field(default_factory=dict)  # family-specific knobs (loss name, label smoothing, ...)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Dataclass (nested) -> plain JSON-able dict; tuples become lists."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Plain dict -> dataclass `cls`, recursively; an unknown key raises naming the valid ones."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a dict for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise KeyError(f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        if cls is RunConfig and key == "model":
+            continue
+        kwargs[key] = _coerce(hints[key], value, f"{cls.__name__}.{key}")
+    if cls is RunConfig:
+        from dlcv.models import model_config_class  # lazy: models sit above config in the import flow
+
+        kwargs["model"] = from_dict(model_config_class(data["architecture"]), data.get("model", {}))
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn a JSON value into the declared type (lists -> tuples, nested dicts -> dataclasses)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_dict(hint, value)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, where) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+# ---------------------------------------------------------------- overrides ("--train.lr=1e-4")
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Return a copy of `cfg` with `section.key=value` overrides applied, each cast to the field's type."""
+    cfg = from_dict(RunConfig, to_dict(cfg))  # deep copy through the typed round trip
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ValueError(f"override {item!r} must look like --section.key=value, e.g. --train.lr=1e-4")
+        path, raw = text.split("=", 1)
+        parts = path.split(".")
+        target: Any = cfg
+        for part in parts[:-1]:
+            if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+                raise KeyError(f"unknown override key {path!r}; valid sections: {_valid_keys(cfg)}")
+            target = getattr(target, part)
+        key = parts[-1]
+        if isinstance(target, dict):  # RunConfig.method: free-form, values parsed as literals
+            target[key] = _parse_literal(raw)
+            continue
+        fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+        if key not in fields or dataclasses.is_dataclass(getattr(target, key)):
+            raise KeyError(f"unknown override key {path!r}; valid keys: {_valid_keys(cfg)}")
+        hint = typing.get_type_hints(type(target))[key]
+        setattr(target, key, parse_value(hint, raw, path))
+    # re-run __post_init__ checks on every section so an override cannot smuggle in a bad choice
+    return from_dict(RunConfig, to_dict(cfg))
+
+
+def _valid_keys(cfg: RunConfig) -> list[str]:
+    keys = []
+    for section in ("model", "data", "train"):
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(getattr(cfg, section))]
+    keys += [f"method.{k}" for k in cfg.method] + ["name"]
+    return keys
+
+
+def parse_value(hint: Any, raw: str, where: str) -> Any:
+    """Cast the string `raw` to `hint` (int, float, bool, str, Literal, tuple[...], Optional)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        for choice in args:
+            if str(choice) == raw:
+                return choice
+        raise ValueError(f"{where}={raw!r} is not allowed; choose from {list(args)}")
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_value(arg, raw, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}={raw!r} does not parse as {hint}")
+    if origin is tuple:
+        inner = args[0] if args else str
+        items = [s for s in raw.strip("()[] ").split(",") if s.strip()]
+        return tuple(parse_value(inner, s.strip(), where) for s in items)
+    if hint is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{where}={raw!r} is not a boolean; use true or false")
+    if hint in (int, float):
+        try:
+            return hint(raw) if hint is float else int(raw)
+        except ValueError:
+            raise ValueError(f"{where}={raw!r} is not a valid {hint.__name__}") from None
+    if hint is str or hint is Any:
+        return raw
+    raise ValueError(f"{where}: cannot parse a value of type {hint}")
+
+
+def _parse_literal(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    return raw

@@ -1,0 +1,20 @@
+"""Training loops, one per family; TRAINERS maps RunConfig.family to its loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from dlcv.config import RunConfig
+from dlcv.training.classifier import train_classifier
+
+TRAINERS: dict[str, Callable[..., Path]] = {
+    "classifier": train_classifier,
+}
+
+
+def train(cfg: RunConfig, out: str | Path | None = None) -> Path:
+    """Run the loop of cfg.family; returns the checkpoint folder it wrote."""
+    if cfg.family not in TRAINERS:
+        raise KeyError(f"unknown family {cfg.family!r}; choose from {sorted(TRAINERS)}")
+    return TRAINERS[cfg.family](cfg, out=out)
