@@ -4,6 +4,8 @@ classifier that checks the ACGAN). Model selection on val; test is measured once
 from __future__ import annotations
 
 import logging
+import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +23,14 @@ from dlcv.training.common import MetricLog, every, load_state, run_dir, save_sta
 log = logging.getLogger(__name__)
 
 
+def warmup_cosine(step: int, total: int, warmup: float = 0.05) -> float:
+    """LR factor: linear warm-up over the first 5 % of steps, then cosine decay to 0."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+
 def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     """Train, keep the best-on-val weights, write the checkpoint (default runs/<name>/checkpoint); return its path."""
     seed_everything(cfg.train.seed)
@@ -34,7 +44,8 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     model = build_model(cfg.architecture, cfg.model).to(device, memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.train.lr, total_steps=max(cfg.train.steps, 1))
+    # the schedule is a function of the *current* config, so a resumed run may extend train.steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, total=cfg.train.steps))
     best_dir = run_dir(cfg) / "best"
     start, extra = load_state(cfg, {"model": model, "opt": opt, "sched": sched})
     best = extra.get("best_val", -1.0)
@@ -76,8 +87,6 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     try:
         x_test, y_test = load_split(cfg.data, "test")
         result["test_accuracy"] = accuracy(predict_logits(model, x_test, device=device).argmax(1), y_test)
-    except FileNotFoundError:
-        pass
     except ValueError as err:  # course hw2_data has no test split
         log.info("no test split measured: %s", err)
     out = Path(out) if out else run_dir(cfg) / "checkpoint"

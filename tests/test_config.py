@@ -1,0 +1,65 @@
+"""Typed configs: dict round trips, typed overrides, clear errors for unknown keys, presets are copies."""
+
+import pytest
+
+from dlcv.config import RunConfig, apply_overrides, from_dict, to_dict
+from dlcv.presets import PRESETS, get_preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips(name):
+    cfg = get_preset(name)
+    assert to_dict(from_dict(RunConfig, to_dict(cfg))) == to_dict(cfg)
+
+
+def test_overrides_cast_to_field_types():
+    cfg = apply_overrides(get_preset("classifier_digits"), [
+        "--train.lr=1e-4", "--train.steps=7", "--train.amp=false", "--train.betas=0.9,0.99",
+        "--model.width=8", "--data.domain=usps", "--method.label_smoothing=0.1", "--name=mine"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.steps == 7 and cfg.train.amp is False
+    assert cfg.train.betas == (0.9, 0.99)
+    assert cfg.model.width == 8 and cfg.data.domain == "usps" and cfg.name == "mine"
+    assert cfg.method["label_smoothing"] == 0.1
+
+
+def test_overrides_do_not_touch_the_preset():
+    apply_overrides(get_preset("classifier_digits"), ["--train.steps=3"])
+    assert get_preset("classifier_digits").train.steps == PRESETS["classifier_digits"].train.steps
+    cfg = get_preset("classifier_digits")
+    cfg.train.steps = 1
+    assert PRESETS["classifier_digits"].train.steps != 1
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("--train.lrr=1", "unknown override key 'train.lrr'"),
+    ("--nosuch.lr=1", "unknown override key"),
+    ("--train.steps=ten", "not a valid int"),
+    ("--train.amp=maybe", "not a boolean"),
+    ("--data.dataset=cifar", "choose from"),
+    ("--model.kind=resnet", "choose from"),
+    ("--train.lr", "must look like --section.key=value"),
+])
+def test_bad_overrides_name_the_problem(override, fragment):
+    with pytest.raises((KeyError, ValueError)) as info:
+        apply_overrides(get_preset("classifier_digits"), [override])
+    assert fragment in str(info.value)
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(KeyError, match="choose from"):
+        get_preset("gan_of_doom")
+
+
+def test_from_dict_rejects_unknown_keys():
+    d = to_dict(get_preset("classifier_digits"))
+    d["train"]["learning_rate"] = 1
+    with pytest.raises(KeyError, match="learning_rate"):
+        from_dict(RunConfig, d)
+
+
+def test_data_root_comes_from_environment(monkeypatch):
+    monkeypatch.setenv("DLCV_DATA", "/somewhere/data")
+    from dlcv.config import DataConfig
+
+    assert DataConfig().root == "/somewhere/data"

@@ -1,0 +1,79 @@
+"""Checkpoints: save -> load gives identical outputs; strict shape checks; the course classifier loader."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dlcv import hub
+from dlcv.models.classifier import Classifier, ClassifierConfig
+
+
+def test_round_trip_identical_outputs(tmp_ckpt, tiny_images):
+    from dlcv.data.loaders import to_model_range
+
+    model, meta = hub.load(tmp_ckpt)
+    again, _ = hub.load(tmp_ckpt)
+    x = to_model_range(tiny_images)
+    assert torch.equal(model(x), again(x))
+    assert meta["architecture"] == "classifier" and meta["metrics"] == {"x": 1}
+    assert sorted(p.name for p in tmp_ckpt.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_save_overwrites_atomically(tmp_ckpt):
+    first = hub.weights_sha256(tmp_ckpt)
+    hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_ckpt)
+    assert hub.weights_sha256(tmp_ckpt) != first
+    assert not [p for p in tmp_ckpt.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_shape_mismatch_is_a_clear_error(tmp_ckpt):
+    document = json.loads((tmp_ckpt / "config.json").read_text())
+    document["config"]["width"] = 8  # weights were saved with width 4
+    (tmp_ckpt / "config.json").write_text(json.dumps(document))
+    with pytest.raises(hub.CheckpointError, match="shape mismatch"):
+        hub.load(tmp_ckpt)
+
+
+def test_missing_and_unexpected_keys(tmp_ckpt):
+    state = Classifier(ClassifierConfig(kind="convnet", width=4)).state_dict()
+    state.pop("head.1.bias")
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(tmp_ckpt / "model.safetensors"))
+    with pytest.raises(hub.CheckpointError, match=r"missing \['head.1.bias'\].*unexpected \['extra.weight'\]"):
+        hub.load(tmp_ckpt)
+
+
+@pytest.mark.parametrize("breakage, fragment", [
+    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 10), "not a readable safetensors"),
+    (lambda d: (d / "model.safetensors").unlink(), "model.safetensors not found"),
+    (lambda d: (d / "config.json").write_text("{"), "not valid JSON"),
+    (lambda d: (d / "config.json").write_text('{"format": 99}'), "format 99"),
+    (lambda d: (d / "config.json").write_text('{"format": 1, "architecture": "nope", "config": {}}'), "nope"),
+])
+def test_broken_checkpoints_name_the_file(tmp_ckpt, breakage, fragment):
+    breakage(tmp_ckpt)
+    with pytest.raises(hub.CheckpointError, match=fragment):
+        hub.load(tmp_ckpt)
+
+
+def test_course_classifier_loader(tmp_path):
+    model = Classifier(ClassifierConfig(kind="lenet"))
+    path = tmp_path / "Classifier.pth"
+    torch.save({"state_dict": model.state_dict(), "optimizer": {}}, path)
+    loaded = hub.load_course_classifier(path)
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_course_classifier_loader_rejects_wrong_shapes(tmp_path):
+    state = Classifier(ClassifierConfig(kind="lenet")).state_dict()
+    state["fc3.weight"] = torch.zeros(5, 64)
+    path = tmp_path / "Classifier.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(hub.CheckpointError, match=r"fc3.weight: file \(5, 64\) vs model \(10, 64\)"):
+        hub.load_course_classifier(path)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(hub.CheckpointError, match="not a loadable torch checkpoint"):
+        hub.load_course_classifier(tmp_path / "junk.pth")

@@ -1,0 +1,32 @@
+"""Every registered architecture builds, gives the right output shape and no NaN, and grey input works."""
+
+import pytest
+import torch
+
+from dlcv.models import ARCHITECTURES, build_model
+from dlcv.models.classifier import Classifier, ClassifierConfig
+
+TINY = {"classifier": ClassifierConfig(kind="convnet", width=4)}
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_architecture_forward(architecture):
+    assert architecture in TINY, f"add a tiny config for {architecture} to TINY"
+    model = build_model(architecture, TINY[architecture]).eval()
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    out = model(x)
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+
+
+def test_course_lenet_shapes_and_grey_input():
+    model = Classifier(ClassifierConfig(kind="lenet")).eval()
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    assert model(x).shape == (2, 10)
+    assert torch.equal(model(x), model(x.expand(-1, 3, -1, -1)))  # grey -> replicated RGB
+    assert model.embed(x).shape == (2, 64)
+
+
+def test_lenet_refuses_other_sizes():
+    with pytest.raises(ValueError, match="image_size=28"):
+        ClassifierConfig(kind="lenet", image_size=64)

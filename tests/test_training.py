@@ -1,0 +1,61 @@
+"""Training loops: 2 steps on fake data write a loadable checkpoint; resume continues; seeds repeat."""
+
+import json
+
+import pytest
+import torch
+
+from dlcv import hub
+from dlcv.config import apply_overrides
+from dlcv.fileio import atomic_dir
+from dlcv.training import train
+from dlcv.training.common import STATE_NAME, run_dir
+
+
+def test_two_steps_write_a_loadable_checkpoint(tiny_run_cfg, tmp_path):
+    out = train(tiny_run_cfg, out=tmp_path / "ckpt")
+    model, meta = hub.load(out)
+    assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
+    assert set(meta["metrics"]) >= {"val_accuracy", "test_accuracy", "best_step"}
+    assert meta["run"]["train"]["steps"] == 2 and meta["run"]["train"]["seed"] == 0
+    lines = [json.loads(line) for line in (run_dir(tiny_run_cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(line["loss"])) for line in lines)
+
+
+def test_resume_continues_from_the_last_state(tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    assert torch.load(run_dir(tiny_run_cfg) / STATE_NAME, weights_only=True)["step"] == 2
+    longer = apply_overrides(tiny_run_cfg, ["--train.steps=4"])
+    train(longer, out=tmp_path / "b")
+    steps = [json.loads(line)["step"] for line in (run_dir(longer) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 were not redone
+
+
+def test_resume_refuses_a_different_model(tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    wider = apply_overrides(tiny_run_cfg, ["--model.width=8", "--train.steps=3"])
+    with pytest.raises(RuntimeError, match="different model config"):
+        train(wider, out=tmp_path / "b")
+
+
+def test_same_seed_same_weights(tiny_run_cfg, tmp_path):
+    a = train(apply_overrides(tiny_run_cfg, ["--name=a"]), out=tmp_path / "a")
+    b = train(apply_overrides(tiny_run_cfg, ["--name=b"]), out=tmp_path / "b")
+    assert hub.weights_sha256(a) == hub.weights_sha256(b)
+
+
+def test_grey_domain_trains_as_three_channels(tiny_run_cfg, tmp_path):
+    usps = apply_overrides(tiny_run_cfg, ["--data.domain=usps", "--name=usps"])
+    model, _ = hub.load(train(usps, out=tmp_path / "u"))
+    assert model.config.in_channels == 3
+
+
+def test_interrupted_folder_write_keeps_the_old_checkpoint(tmp_ckpt):
+    before = hub.weights_sha256(tmp_ckpt)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_ckpt) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt  # the process is stopped mid-write
+    assert hub.weights_sha256(tmp_ckpt) == before
+    hub.load(tmp_ckpt)
