@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tarfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,7 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(_need(path), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a truncated npz is a BadZipFile
         raise DataError(f"{path} is not a readable .npz ({err}); re-copy it from its source") from None
     for key in ("x_train", "y_train", "x_test", "y_test"):
         if key not in arrays:
@@ -157,10 +158,11 @@ def shared_sources(source: Path, synth_count: int = 0) -> dict[str, tuple[list[P
 def _svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """torchvision's SVHN format: X (32, 32, 3, N), y (N, 1) with label 10 meaning digit 0."""
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = scipy.io.loadmat(_need(path))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, IndexError, MatReadError) as err:  # garbage bytes can raise any of these
         raise DataError(f"{path} is not a readable SVHN .mat file ({err}); re-download it") from None
     if "X" not in mat or "y" not in mat or mat["X"].shape[:3] != (32, 32, 3):
         raise DataError(f"{path} does not hold X (32, 32, 3, N) and y (N, 1) as SVHN's *_32x32.mat does")
@@ -195,6 +197,10 @@ def _shared_faces(tar_path: Path, csv_path: Path, seed: int) -> Prepared:
                 row = rows.get(name)
                 if row is None:
                     raise DataError(f"{csv_path} has no row for {name} of {tar_path}; re-copy both files together")
+                bad = [a for a in attribute_names if row[a] not in ("0", "1", "")]
+                if bad:
+                    raise DataError(f"{csv_path}: {bad[0]}={row[bad[0]]!r} for {name} must be 0, 1 or empty; "
+                                    f"re-copy it from ../shared/data/faces")
                 images.append(arr)
                 names.append(name)
                 attributes.append([int(row[a]) if row[a] != "" else -1 for a in attribute_names])
@@ -247,12 +253,15 @@ def _bsds_photos(tar_path: Path, orientation_csv: Path) -> list[np.ndarray]:
     with open(_need(orientation_csv), newline="") as f:
         rotated = {r["file"]: r["stored_rotated"] == "1" for r in csv.DictReader(f)}
     photos = []
-    with tarfile.open(_need(tar_path)) as tar:
-        for member in tar:
-            if member.isfile() and member.name.lower().endswith(".jpg"):
-                with Image.open(io.BytesIO(tar.extractfile(member).read())) as img:
-                    arr = np.asarray(img.convert("RGB"))
-                photos.append(np.rot90(arr, 1) if rotated.get(os.path.basename(member.name)) else arr)
+    try:
+        with tarfile.open(_need(tar_path)) as tar:
+            for member in tar:
+                if member.isfile() and member.name.lower().endswith(".jpg"):
+                    with Image.open(io.BytesIO(tar.extractfile(member).read())) as img:
+                        arr = np.asarray(img.convert("RGB"))
+                    photos.append(np.rot90(arr, 1) if rotated.get(os.path.basename(member.name)) else arr)
+    except (tarfile.TarError, EOFError, OSError) as err:  # OSError covers a corrupt JPEG inside
+        raise DataError(f"{tar_path} is not a readable tar of JPEGs ({err}); re-copy it") from None
     if not photos:
         raise DataError(f"{tar_path} holds no .jpg photos; re-copy it")
     return photos
@@ -444,6 +453,11 @@ def prepare(source: str, out: str | Path, only: list[str] | None = None, val_fra
             continue
         progress(f"reading {name}")
         loaded[name] = sources[name][1](val_fraction, seed)
+        # the readers reject a CSV without rows, so an empty split would be written only to fail later
+        empty = [s for s, x in loaded[name].images.items() if len(x) == 0]
+        if empty:
+            raise DataError(f"{name} from {source} would have an empty {'/'.join(empty)} split "
+                            f"(val fraction {val_fraction}); use another --val-fraction or more images")
     report = {}
     for name, target, fingerprint, state in plan:
         if state == "current":
