@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    samp = sub.add_parser("sample", help="write generated images from a checkpoint (course file names)")
+    samp.add_argument("checkpoint")
+    samp.add_argument("--out", required=True, help="folder; it will hold exactly the generated files")
+    count = samp.add_mutually_exclusive_group(required=True)
+    count.add_argument("--per-class", type=int, help="class-conditional: K images per class, {digit}_{001..K}.png")
+    count.add_argument("--n", type=int, help="unconditional: N images 0000.png ...")
+    samp.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    samp.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="diffusion sampler (default: checkpoint's)")
+    samp.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
+    samp.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    samp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w")
+    samp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+
     pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
     pred.add_argument("checkpoint")
     pred.add_argument("--images", required=True, help="folder of images (sorted by name)")
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args, rest)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -173,4 +186,16 @@ def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv import service
+
+    start = time.perf_counter()
+    folder = service.sample_to_folder(args.checkpoint, args.out, per_class=args.per_class, n=args.n, seed=args.seed,
+                                      sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
+                                      force=args.force)
+    count = sum(1 for _ in folder.iterdir())
+    print(f"wrote {count} images to {folder} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict}

@@ -140,6 +140,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         parts = path.split(".")
         target: Any = cfg
         for part in parts[:-1]:
+            if isinstance(target, dict) and isinstance(target.get(part), dict):  # method.schedule.kind=...
+                target = target[part]
+                continue
             if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
                 raise KeyError(f"unknown override key {path!r}; valid sections: {_valid_keys(cfg)}")
             target = getattr(target, part)

@@ -131,3 +131,12 @@ def load_course_classifier(path: str | os.PathLike) -> Classifier:
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def update_metrics(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:
+    """Merge measured metrics into a checkpoint's config.json (atomic rewrite; the weights are untouched)."""
+    from dlcv.fileio import atomic_write_text
+
+    document = read_config(directory)
+    document.setdefault("metrics", {}).update(metrics)
+    atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(document, indent=2) + "\n")

@@ -35,3 +35,30 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
         if mask.any():
             out[c] = (predictions[mask] == c).float().mean().item()
     return out
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), via torch-fidelity."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+    stats = [fid_features_to_statistics(f.double().cpu()) for f in (features_a, features_b)]
+    return fid_statistics_to_metric(stats[0], stats[1], verbose=False)[KEY_METRIC_FID]
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Penultimate features of a classifier (its `embed`) for uint8 images."""
+    model.eval()
+    return torch.cat([model.embed(to_model_range(images[i:i + batch_size])).float()
+                      for i in range(0, len(images), batch_size)])
+
+
+def digit_scores(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 reference: torch.Tensor | None = None) -> dict:
+    """Accuracy, per-class accuracy and (with real `reference` images) the digit-FID in the classifier's
+    penultimate features, for uint8 generated digits: how the course grades conditional generation."""
+    pred = predict_logits(classifier, images).argmax(1)
+    scores = {"accuracy": accuracy(pred, labels), "per_class": per_class_accuracy(pred, labels, 10), "n": len(labels)}
+    if reference is not None:
+        scores["digit_fid"] = frechet_distance(embed(classifier, images), embed(classifier, reference))
+    return scores

@@ -85,3 +85,57 @@ def classify(model: torch.nn.Module, image: Image.Image) -> tuple[np.ndarray, st
     x = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)[None]  # (H, W, C) -> (1, C, H, W)
     probs = torch.softmax(model(to_model_range(x)).float(), dim=1)[0]
     return probs.numpy(), note
+
+
+def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: torch.Tensor, seed: int = 0,
+                    sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                    guidance: float | None = None, keep: tuple[int, ...] = (), progress=None):
+    """Class-conditional digits in [-1, 1] from a diffusion checkpoint; unset options use the checkpoint's own
+    sampling defaults. Returns (images, {t: x_t}) like sampling.sample_diffusion."""
+    from dlcv.config import from_dict
+    from dlcv.diffusion import NoiseSchedule, ScheduleConfig
+    from dlcv.sampling import sample_diffusion
+
+    if document["architecture"] != "unet":
+        raise ValueError(f"{document['architecture']} checkpoints do not generate with diffusion; use a unet one")
+    defaults = document.get("sampling", {})
+    schedule = NoiseSchedule(from_dict(ScheduleConfig, document["schedule"]))
+    return sample_diffusion(model, schedule, labels, seed=seed, sampler=sampler or defaults.get("sampler", "ddim"),
+                            steps=steps or defaults.get("steps", 50),
+                            eta=defaults.get("eta", 0.0) if eta is None else eta,
+                            guidance=defaults.get("guidance", 0.0) if guidance is None else guidance,
+                            keep=keep, progress=progress)
+
+
+def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | None = None, n: int | None = None,
+                     seed: int = 0, force: bool = False, **options: Any) -> Path:
+    """Write generated images in the course's names: {digit}_{001..K}.png (per_class) or 0000.png ... (n).
+
+    Diffusion checkpoints take sampler/steps/eta/guidance options; unset ones use the checkpoint's defaults.
+    """
+    from dlcv.sampling import sample_gan
+    from dlcv.viz import digit_names, write_image_folder
+
+    model, document = load(checkpoint)
+    num_classes = getattr(model.config, "num_classes", 0)
+    architecture = document["architecture"]
+    if architecture not in ("unet", "generator"):
+        raise ValueError(f"{checkpoint} is a {architecture}, which does not generate images; "
+                         f"use a diffusion (unet) or GAN (generator) checkpoint")
+    if per_class is not None:
+        if num_classes <= 0:
+            raise ValueError(f"{checkpoint} is unconditional; use --n instead of --per-class")
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        names = digit_names(per_class, num_classes)
+    else:
+        if num_classes > 0:
+            raise ValueError(f"{checkpoint} is class-conditional; use --per-class instead of --n")
+        labels, names = None, [f"{i:04d}.png" for i in range(n)]
+    if architecture == "unet":
+        images, _ = generate_digits(model, document, labels, seed=seed, **options)
+    else:
+        unused = [k for k, v in options.items() if v is not None]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} apply to diffusion checkpoints only; drop them for a GAN")
+        images = sample_gan(model, len(names), seed=seed, labels=labels)
+    return write_image_folder(images, names, out, force=force)

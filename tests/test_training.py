@@ -59,3 +59,17 @@ def test_interrupted_folder_write_keeps_the_old_checkpoint(tmp_ckpt):
             raise KeyboardInterrupt  # the process is stopped mid-write
     assert hub.weights_sha256(tmp_ckpt) == before
     hub.load(tmp_ckpt)
+
+
+def test_ema_warm_up_forgets_the_initial_weights():
+    from dlcv.training.common import ema_copy
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ema_copy(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(50):
+        ema.update_parameters(model)
+    # plain EMA would still hold 0.999^49 = 95 % of the zero init; the warm-up keeps < 1 %
+    assert ema.module.weight.item() > 0.99

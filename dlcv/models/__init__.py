@@ -7,9 +7,13 @@ from typing import Any
 import torch.nn as nn
 
 from dlcv.models.classifier import Classifier, ClassifierConfig
+from dlcv.models.gan import Generator, GeneratorConfig
+from dlcv.models.unet import UNet, UNetConfig
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "classifier": (ClassifierConfig, Classifier),
+    "unet": (UNetConfig, UNet),
+    "generator": (GeneratorConfig, Generator),
 }
 
 

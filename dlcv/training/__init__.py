@@ -7,9 +7,13 @@ from pathlib import Path
 
 from dlcv.config import RunConfig
 from dlcv.training.classifier import train_classifier
+from dlcv.training.diffusion import train_diffusion
+from dlcv.training.gan import train_gan
 
 TRAINERS: dict[str, Callable[..., Path]] = {
     "classifier": train_classifier,
+    "diffusion": train_diffusion,
+    "gan": train_gan,
 }
 
 

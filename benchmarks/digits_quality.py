@@ -1,0 +1,104 @@
+"""Quality of class-conditional digit generators, graded as the course does: 100 digits per class, accuracy of
+the course's classifier, per-class accuracy, and digit-FID (Fréchet distance of the classifier's 64-d penultimate
+features, against 1000 real MNIST-M test digits: 100 per class). For diffusion it also sweeps the guidance weight
+and draws the figures (10x10 grid, reverse process of the first "0", accuracy/FID against w).
+
+    python benchmarks/digits_quality.py checkpoints/ddpm_digits --sweep 0,0.5,1,2,3,4 --figures docs/figures
+    python benchmarks/digits_quality.py checkpoints/acgan_digits --figures docs/figures --write-metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dlcv import hub, service
+from dlcv.data.digits import read_digits
+from dlcv.data.loaders import to_image_range
+from dlcv.metrics import digit_scores
+from dlcv.sampling import sample_gan
+from dlcv.viz import plot_guidance_curve, save_grid, save_strip
+
+COURSE_CLASSIFIER = Path(__file__).resolve().parents[2] / "shared/data/weights/dlcv_digit_classifier.pth"
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8, rounded the way torchvision.save_image writes PNGs (so scores match the files)."""
+    return to_image_range(images).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+
+def reference_digits(data: str, per_class: int = 100) -> torch.Tensor:
+    """The first `per_class` MNIST-M test digits of each class (uint8)."""
+    test = read_digits(data, "mnistm", "test")
+    idx = torch.cat([torch.nonzero(test.labels == c).flatten()[:per_class] for c in range(10)])
+    return test.images[idx]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", default=os.environ.get("DLCV_DATA", "data"))
+    parser.add_argument("--classifier", default=str(COURSE_CLASSIFIER))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep", default="", help="comma-separated guidance weights (diffusion only)")
+    parser.add_argument("--figures", default="", help="folder for the figures")
+    parser.add_argument("--write-metrics", action="store_true", help="store the default-setting scores in config.json")
+    args = parser.parse_args()
+
+    classifier = hub.load_course_classifier(args.classifier)
+    reference = reference_digits(args.data)
+    model, document = service.load(args.checkpoint)
+    labels = torch.arange(10).repeat_interleave(100)
+    name = Path(args.checkpoint).name
+    figures = Path(args.figures) if args.figures else None
+
+    def generate(guidance: float | None = None, keep: tuple[int, ...] = ()):
+        start = time.perf_counter()
+        if document["architecture"] == "unet":
+            images, kept = service.generate_digits(model, document, labels, seed=args.seed, guidance=guidance, keep=keep)
+        else:
+            images, kept = sample_gan(model, len(labels), seed=args.seed, labels=labels), {}
+        return images, kept, time.perf_counter() - start
+
+    default_w = document.get("sampling", {}).get("guidance")
+    rows = []
+    weights = [float(w) for w in args.sweep.split(",") if w] if document["architecture"] == "unet" else []
+    for w in weights or [default_w]:
+        from dlcv.diffusion import ddim_timesteps
+
+        keep = ()
+        if document["architecture"] == "unet" and w == default_w:
+            steps = ddim_timesteps(document["schedule"]["num_timesteps"], document["sampling"]["steps"])
+            keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
+        images, kept, seconds = generate(w, keep)
+        scores = digit_scores(classifier, to_uint8(images), labels, reference)
+        row = {"guidance": w, "accuracy": round(scores["accuracy"], 4), "digit_fid": round(scores["digit_fid"], 3),
+               "per_class": {c: round(a, 3) for c, a in scores["per_class"].items()}, "seconds": round(seconds, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if figures is not None and w == default_w:
+            grid = torch.stack([images[labels == d][:10] for d in range(10)]).flatten(0, 1)  # rows = digits
+            save_grid(grid, figures / f"{name}_grid.png", nrow=10)
+            if kept:
+                first_zero = int(torch.nonzero(labels == 0)[0])
+                ts = sorted(kept, reverse=True)
+                frames = [kept[t][first_zero] for t in ts] + [images[first_zero]]
+                save_strip(frames, [f"t={t}" for t in ts] + ["x0"], figures / f"{name}_reverse.png")
+        if w == default_w and args.write_metrics:
+            hub.update_metrics(args.checkpoint, {"accuracy": row["accuracy"], "digit_fid": row["digit_fid"],
+                                                 "per_class_accuracy": row["per_class"], "guidance": w,
+                                                 "measured_with": "benchmarks/digits_quality.py, seed 0, 100 per class"})
+    if figures is not None and len(rows) > 1:
+        plot_guidance_curve(rows, figures / f"{name}_guidance.png")
+    print("\n| w | accuracy | digit-FID | s |\n| ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['guidance']} | {r['accuracy']:.4f} | {r['digit_fid']:.3f} | {r['seconds']} |")
+
+
+if __name__ == "__main__":
+    main()

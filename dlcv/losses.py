@@ -1,0 +1,81 @@
+"""GAN losses written from their papers: non-saturating BCE, hinge, Wasserstein + gradient penalty, ACGAN's class
+loss. Each adversarial loss is a GANLoss pair: D minimises d_loss(real_logits, fake_logits), G minimises
+g_loss(fake_logits). Logits are D's raw outputs, (B,) float32."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class GANLoss(NamedTuple):
+    """The two halves of an adversarial objective, used by the separate D and G steps of the loop."""
+
+    d_loss: Callable[..., torch.Tensor]
+    g_loss: Callable[[torch.Tensor], torch.Tensor]
+
+
+def bce_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """-[log D(x) + log(1 - D(G(z)))], Goodfellow et al. 2014 eq. (1) as D's loss, D = sigmoid(logits).
+
+    One-sided label smoothing (Salimans et al. 2016, sec. 3.4): the real target is 1 - label_smoothing, fake stays 0.
+    """
+    real_target = torch.full_like(real_logits, 1.0 - label_smoothing)
+    return (F.binary_cross_entropy_with_logits(real_logits, real_target)
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(G(z)): the non-saturating generator loss of Goodfellow et al. 2014 (sec. 3), used by DCGAN."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]: Lim & Ye 2017; Miyato et al. 2018 eq. (16)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))]: the hinge generator loss, Miyato et al. 2018 eq. (17)."""
+    return -fake_logits.mean()
+
+
+def wasserstein_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[D(G(z))] - E[D(x)]: the critic loss of Gulrajani et al. 2017 eq. (3) without its penalty term."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wasserstein_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[D(G(z))]: the WGAN generator loss (Arjovsky et al. 2017, Algorithm 1)."""
+    return -fake_logits.mean()
+
+
+bce_losses = GANLoss(bce_d_loss, bce_g_loss)
+hinge_losses = GANLoss(hinge_d_loss, hinge_g_loss)
+wasserstein_losses = GANLoss(wasserstein_d_loss, wasserstein_g_loss)
+
+
+def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor) -> torch.Tensor:
+    """E[(||grad D(x_hat)||_2 - 1)^2] with x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample.
+
+    Gulrajani et al. 2017 eq. (3), without lambda. `discriminator` maps (B, ...) images to (B,) scores.
+    """
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)  # (B, 1, 1, 1)
+    x_hat = (eps * real.detach().float() + (1 - eps) * fake.detach().float()).requires_grad_(True)
+    scores = discriminator(x_hat).float()
+    # create_graph: the penalty itself is differentiated w.r.t. D's weights
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    grad_norm = grad.flatten(1).norm(2, dim=1)  # (B, C, H, W) -> (B, C*H*W) -> (B,)
+    return ((grad_norm - 1.0) ** 2).mean()
+
+
+def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-E[log P(C = c | X)], the negated L_C of Odena et al. 2017 eq. (3) (ACGAN).
+
+    D maximises L_S + L_C, so it minimises this on real and fake images; G maximises L_C - L_S: this on fake ones.
+    """
+    return F.cross_entropy(class_logits.float(), labels)

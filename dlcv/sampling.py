@@ -1,0 +1,104 @@
+"""Images from trained models. Noise comes from per-image CPU generators (seed + i), so a seed gives the same
+image i on every machine and for every batch size; the global RNG is never touched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from dlcv.diffusion import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, guided_eps
+
+
+def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """(len(generators), *shape) standard normal noise, row i drawn from generators[i] on the CPU."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
+    """CPU generators for images start .. start+count-1 of a run seeded with `seed`."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(start, start + count)]
+
+
+@torch.no_grad()
+def predict_eps(model: nn.Module, x_t: torch.Tensor, t: int, labels: torch.Tensor, guidance: float) -> torch.Tensor:
+    """eps_theta(x_t, t, y) with classifier-free guidance; w = 0 runs the conditional model alone."""
+    tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    if guidance == 0:
+        return model(x_t, tt, labels).float()
+    null = torch.full_like(labels, model.config.null_class)
+    eps = model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
+    eps_cond, eps_uncond = eps.chunk(2)
+    return guided_eps(eps_cond, eps_uncond, guidance)
+
+
+@torch.no_grad()
+def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, seed: int = 0,
+                     sampler: str = "ddim", steps: int = 50, eta: float = 0.0, guidance: float = 2.0,
+                     batch_size: int = 500, device: str | torch.device = "cpu", amp: bool = True,
+                     keep: tuple[int, ...] = (), progress: Callable[[int, int], None] | None = None,
+                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Generate one image per label, in [-1, 1] on the CPU (N, C, H, W).
+
+    sampler="ddpm" runs all T ancestral steps; "ddim" runs `steps` DDIM steps with `eta`.
+    `keep` lists timesteps whose x_t (before the step from t) is returned too (the reverse-process figure), as {t: (N, C, H, W)}.
+    """
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler={sampler!r}; choose 'ddpm' or 'ddim'")
+    c, size = model.config.in_channels, model.config.image_size
+    timesteps = list(range(schedule.num_timesteps - 1, -1, -1)) if sampler == "ddpm" else \
+        ddim_timesteps(schedule.num_timesteps, steps)
+    needs_noise = sampler == "ddpm" or eta > 0
+    outputs, kept = [], {t: [] for t in keep}
+    total = len(labels) * len(timesteps)
+    done = 0
+    model.eval()
+    for start in range(0, len(labels), batch_size):
+        y = labels[start:start + batch_size].to(device)
+        gens = image_generators(seed, start, len(y))
+        x = per_image_noise(gens, (c, size, size)).to(device)  # x_T
+        for i, t in enumerate(timesteps):
+            if t in kept:
+                kept[t].append(x.float().cpu())  # x_t before the step from t
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                eps = predict_eps(model, x, t, y, guidance)
+            noise = per_image_noise(gens, (c, size, size)).to(device) if needs_noise and t > 0 else None
+            if sampler == "ddpm":
+                x = ddpm_step(schedule, x, t, eps, noise)
+            else:
+                t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+                x = ddim_step(schedule, x, t, t_prev, eps, eta, noise)
+            done += len(y)
+            if progress is not None:
+                progress(done, total)
+        outputs.append(x.clamp(-1, 1).cpu())
+    return torch.cat(outputs), {t: torch.cat(v) for t, v in kept.items() if v}
+
+
+@torch.no_grad()
+def sample_gan(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor | None = None,
+               batch_size: int = 500, device: str | torch.device = "cpu", truncation: float | None = None,
+               ) -> torch.Tensor:
+    """n images G(z_i, y_i) in [-1, 1] on the CPU (n, C, H, W); z_i comes from a CPU generator seeded seed + i.
+
+    `labels` (n,) are required by a class-conditional generator. `truncation` resamples every entry of z with
+    |z| > truncation until none is left (the truncation trick of Brock et al. 2019, sec. 3.1), per image.
+    """
+    if generator.config.num_classes > 0 and (labels is None or len(labels) != n):
+        raise ValueError(f"this generator is class-conditional: pass labels, (n={n},) ints in "
+                         f"[0, {generator.config.num_classes})")
+    if truncation is not None and truncation <= 0:
+        raise ValueError(f"truncation={truncation} must be > 0, or None for no truncation")
+    generator.eval()
+    outputs = []
+    for start in range(0, n, batch_size):
+        gens = image_generators(seed, start, min(batch_size, n - start))
+        z = per_image_noise(gens, (generator.z_dim,))  # (B, z_dim)
+        if truncation is not None:
+            for z_i, g in zip(z, gens):  # resample from the image's own generator, so image i stays seed + i
+                while (outside := z_i.abs() > truncation).any():
+                    z_i[outside] = torch.randn(int(outside.sum()), generator=g)
+        y = labels[start:start + len(gens)].to(device) if labels is not None else None
+        outputs.append(generator(z.to(device), y).float().clamp(-1, 1).cpu())
+    return torch.cat(outputs)

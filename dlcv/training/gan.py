@@ -1,0 +1,241 @@
+"""train_gan: DCGAN, SNGAN, WGAN-GP and ACGAN as one loop. The variant is a loss from GAN_LOSSES, discriminator
+flags and training tricks, all read from cfg.method (see GANMethod); DiffAugment (Zhao et al. 2020) lives here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from dlcv import hub
+from dlcv.config import RunConfig, check_choice, from_dict, to_dict
+from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range, to_model_range
+from dlcv.losses import auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
+from dlcv.models import build_model
+from dlcv.models.gan import Discriminator, DiscriminatorConfig
+from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
+from dlcv.sampling import sample_gan
+from dlcv.training.common import MetricLog, ema_copy, every, load_state, run_dir, save_state
+
+log = logging.getLogger(__name__)
+
+GAN_LOSSES = {"dcgan": bce_losses, "hinge": hinge_losses, "wgan_gp": wasserstein_losses}
+
+
+@dataclass
+class GANMethod:
+    """cfg.method of a GAN run. A key that is not a field raises, so a typo in --method.* cannot go unnoticed."""
+
+    loss: Literal["dcgan", "hinge", "wgan_gp"] = "dcgan"
+    n_critic: int = 1  # D updates per step
+    g_steps: int = 1  # G updates per step
+    d_lr: float = 0.0  # 0: same as train.lr; another value gives TTUR (Heusel et al. 2017)
+    d_width: int = 0  # 0: same as model.width
+    d_norm: Literal["batch", "layer", "none"] = "batch"
+    spectral_norm: bool = False
+    label_smoothing: float = 0.0  # one-sided: the real target is 1 - label_smoothing (loss="dcgan" only)
+    instance_noise: float = 0.0  # std of Gaussian noise on D's inputs, annealed linearly to 0 (Sonderby et al. 2017)
+    gp_weight: float = 10.0  # lambda of the gradient penalty (loss="wgan_gp")
+    diffaugment: str = ""  # e.g. "color,translation,cutout"
+    aux_weight: float = 1.0  # weight of ACGAN's class loss (model.num_classes > 0)
+
+    def __post_init__(self) -> None:
+        check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
+        for policy in filter(None, self.diffaugment.split(",")):
+            check_choice("method.diffaugment entry", policy, tuple(AUGMENTS))
+        if self.label_smoothing and self.loss != "dcgan":
+            raise ValueError("method.label_smoothing applies to method.loss='dcgan' only; set it to 0")
+        if self.n_critic < 1 or self.g_steps < 1:
+            raise ValueError(f"method.n_critic and method.g_steps must be >= 1, got {self.n_critic}, {self.g_steps}")
+
+
+# ---------------------------------------------------------------- DiffAugment (Zhao et al. 2020)
+# The same random, differentiable transforms go on real and fake images before D, in the D and the G steps,
+# so D cannot memorise a small training set and G still gets gradients through them. Images are in [-1, 1].
+
+
+def rand_brightness(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.rand(x.shape[0], 1, 1, 1, device=x.device) - 0.5)
+
+
+def rand_saturation(x: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(dim=1, keepdim=True)
+    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2) + mean
+
+
+def rand_contrast(x: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, device=x.device) + 0.5) + mean
+
+
+def rand_translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+    """Shift each image by up to ratio * size pixels, filling with zeros (gather indexing, so it is differentiable)."""
+    b, _, h, w = x.shape
+    shift_h, shift_w = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    dy = torch.randint(-shift_h, shift_h + 1, (b, 1, 1), device=x.device)
+    dx = torch.randint(-shift_w, shift_w + 1, (b, 1, 1), device=x.device)
+    grid_b, grid_y, grid_x = torch.meshgrid(torch.arange(b, device=x.device), torch.arange(h, device=x.device),
+                                            torch.arange(w, device=x.device), indexing="ij")
+    # index 0 and h+1 of the padded image are zeros, so clamping there fills the uncovered border with zeros
+    grid_y = (grid_y + dy + 1).clamp(0, h + 1)
+    grid_x = (grid_x + dx + 1).clamp(0, w + 1)
+    x_pad = F.pad(x, [1, 1, 1, 1])
+    return x_pad.permute(0, 2, 3, 1)[grid_b, grid_y, grid_x].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+
+
+def rand_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+    """Zero one random square of side ratio * size per image (DeVries & Taylor 2017)."""
+    b, _, h, w = x.shape
+    cut_h, cut_w = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    cy = torch.randint(0, h + (1 - cut_h % 2), (b, 1, 1), device=x.device)
+    cx = torch.randint(0, w + (1 - cut_w % 2), (b, 1, 1), device=x.device)
+    grid_b, grid_y, grid_x = torch.meshgrid(torch.arange(b, device=x.device), torch.arange(cut_h, device=x.device),
+                                            torch.arange(cut_w, device=x.device), indexing="ij")
+    grid_y = (grid_y + cy - cut_h // 2).clamp(0, h - 1)
+    grid_x = (grid_x + cx - cut_w // 2).clamp(0, w - 1)
+    mask = torch.ones(b, h, w, dtype=x.dtype, device=x.device)
+    mask[grid_b, grid_y, grid_x] = 0
+    return x * mask.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+
+
+AUGMENTS = {"color": (rand_brightness, rand_saturation, rand_contrast), "translation": (rand_translation,),
+            "cutout": (rand_cutout,)}
+
+
+def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
+    """Apply the comma-separated DiffAugment policy, e.g. "color,translation,cutout"; "" returns x unchanged."""
+    for name in filter(None, policy.split(",")):
+        for augment in AUGMENTS[name]:
+            x = augment(x)
+    return x
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def discriminator_config(cfg: RunConfig, method: GANMethod) -> DiscriminatorConfig:
+    """D mirrors G's image shape and classes; its width and regularisation come from cfg.method."""
+    return DiscriminatorConfig(image_size=cfg.model.image_size, channels=cfg.model.channels,
+                               width=method.d_width or cfg.model.width, num_classes=cfg.model.num_classes,
+                               norm=method.d_norm, spectral_norm=method.spectral_norm)
+
+
+def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
+    """Train G against D; ship G (its EMA when train.ema_decay > 0) to `out` or runs/<name>/checkpoint; return it.
+
+    One step is method.n_critic D updates, then method.g_steps G updates.
+    """
+    seed_everything(cfg.train.seed)
+    set_deterministic(cfg.train.deterministic)
+    device = pick_device(cfg.train.device)
+    fmt = memory_format(cfg.train.channels_last)
+    method = from_dict(GANMethod, dict(cfg.method))
+    losses = GAN_LOSSES[method.loss]
+    num_classes = cfg.model.num_classes
+    x_train, y_train = load_split(cfg.data, "train")
+    if num_classes > 0 and y_train is None:
+        raise ValueError("an ACGAN (model.num_classes > 0) needs labels: use digits, or --data.attribute for faces")
+    if y_train is None:  # unconditional: placeholder labels keep the batches (x, y) pairs
+        y_train = torch.zeros(len(x_train), dtype=torch.long)
+    generator = build_model(cfg.architecture, cfg.model).to(device, memory_format=fmt)
+    discriminator = Discriminator(discriminator_config(cfg, method)).to(device, memory_format=fmt)
+    betas = tuple(cfg.train.betas)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr, betas=betas)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=method.d_lr or cfg.train.lr, betas=betas,
+                             weight_decay=cfg.train.weight_decay)
+    modules = {"generator": generator, "discriminator": discriminator, "g_opt": g_opt, "d_opt": d_opt}
+    ema = None
+    if cfg.train.ema_decay > 0:
+        # buffers (batch-norm running statistics) are averaged too, so they match the averaged weights
+        ema = ema_copy(generator, cfg.train.ema_decay)
+        modules["ema"] = ema
+    start, _ = load_state(cfg, modules)
+    batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
+               disable=not cfg.train.progress)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    samples_dir = run_dir(cfg) / "samples"
+
+    def noise(b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn(b, generator.z_dim, device=device)
+        return z, torch.randint(0, num_classes, (b,), device=device) if num_classes > 0 else None
+
+    def discriminate(x: torch.Tensor, noise_std: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D on what it is shown: DiffAugment, then instance noise; float32 outputs for the losses."""
+        x = diff_augment(x, method.diffaugment)
+        if noise_std > 0:
+            x = x + noise_std * torch.randn_like(x)
+        with autocast(device, cfg.train.amp):
+            logits, class_logits = discriminator(x.contiguous(memory_format=fmt))
+        return logits.float(), class_logits.float() if class_logits is not None else None
+
+    d_kwargs = {"label_smoothing": method.label_smoothing} if method.label_smoothing else {}
+    generator.train()
+    discriminator.train()
+    for step in bar:
+        noise_std = method.instance_noise * max(0.0, 1.0 - step / max(1, cfg.train.steps))
+        for _ in range(method.n_critic):  # (1) update D: tell real from G(z)
+            x, y = next(batches)
+            real, y = to_model_range(x).to(device, memory_format=fmt), y.to(device)
+            z, y_fake = noise(real.shape[0])
+            with torch.no_grad(), autocast(device, cfg.train.amp):
+                fake = generator(z, y_fake).float()
+            real_logits, real_class = discriminate(real, noise_std)
+            fake_logits, fake_class = discriminate(fake, noise_std)
+            d_loss = losses.d_loss(real_logits, fake_logits, **d_kwargs)
+            step_metrics = {"real_score": real_logits.mean(), "fake_score": fake_logits.mean()}
+            if method.loss == "wgan_gp":
+                gp = gradient_penalty(lambda x_hat: discriminate(x_hat, noise_std)[0], real, fake)
+                d_loss = d_loss + method.gp_weight * gp
+                step_metrics["gp"] = gp
+            if num_classes > 0:  # ACGAN: D also classifies real and fake images
+                d_loss = d_loss + method.aux_weight * auxiliary_class_loss(torch.cat([real_class, fake_class]),
+                                                                           torch.cat([y, y_fake]))
+                step_metrics["real_class_acc"] = (real_class.argmax(1) == y).float().mean()
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+        discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
+        for _ in range(method.g_steps):  # (2) update G: make D call G(z) real
+            z, y_fake = noise(cfg.train.batch_size)
+            with autocast(device, cfg.train.amp):
+                fake = generator(z, y_fake).float()
+            fake_logits, fake_class = discriminate(fake, noise_std)
+            g_loss = losses.g_loss(fake_logits)
+            if num_classes > 0:
+                g_loss = g_loss + method.aux_weight * auxiliary_class_loss(fake_class, y_fake)
+            g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            g_opt.step()
+            if ema is not None:
+                ema.update_parameters(generator)
+        discriminator.requires_grad_(True)
+        metrics.add({"d_loss": d_loss, "g_loss": g_loss, **step_metrics})
+        last = step + 1 == cfg.train.steps
+        if every(step, cfg.train.log_every) or last:
+            metrics.flush(step + 1)
+        if every(step, cfg.train.sample_every) or last:
+            save_samples(ema.module if ema is not None else generator, samples_dir / f"step_{step + 1:06d}.png", device)
+            generator.train()  # sampling put it in eval mode
+        if every(step, cfg.train.save_every) or last:
+            save_state(cfg, step + 1, modules)
+    out = Path(out) if out else run_dir(cfg) / "checkpoint"
+    hub.save(ema.module if ema is not None else generator, out, {"run": to_dict(cfg)})
+    log.info("%s -> %s", cfg.name, out)
+    return out
+
+
+def save_samples(generator: torch.nn.Module, path: Path, device: torch.device, per_row: int = 8) -> None:
+    """A grid from a fixed seed, so grids of successive steps are comparable; one row per class when conditional."""
+    num_classes = generator.config.num_classes
+    labels = torch.arange(num_classes).repeat_interleave(per_row) if num_classes > 0 else None
+    images = sample_gan(generator, len(labels) if labels is not None else per_row * per_row, seed=0, labels=labels,
+                        device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(to_image_range(images), path, nrow=per_row)

@@ -1,0 +1,252 @@
+"""GAN family: shapes, loss properties (gradient penalty, signs, smoothing), DiffAugment, seeded sampling, and
+2-step runs of the GAN presets that write loadable checkpoints and resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlcv import hub
+from dlcv.config import apply_overrides, from_dict
+from dlcv.losses import auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
+from dlcv.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from dlcv.presets import get_preset
+from dlcv.sampling import sample_gan
+from dlcv.training import train
+from dlcv.training.common import run_dir
+from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("image_size", [28, 64])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_generator_and_discriminator_shapes(image_size, num_classes):
+    generator = Generator(GeneratorConfig(image_size=image_size, width=4, num_classes=num_classes)).eval()
+    y = torch.tensor([0, 2]) if num_classes else None
+    x = generator(torch.randn(2, generator.z_dim), y)
+    assert x.shape == (2, 3, image_size, image_size)
+    assert torch.isfinite(x).all() and x.abs().max() <= 1
+    for norm in ("batch", "layer", "none"):
+        config = DiscriminatorConfig(image_size=image_size, width=4, num_classes=num_classes, norm=norm,
+                                     spectral_norm=norm == "none")
+        logits, class_logits = Discriminator(config)(x)
+        assert logits.shape == (2,) and torch.isfinite(logits).all()
+        assert (class_logits is None) if num_classes == 0 else class_logits.shape == (2, num_classes)
+
+
+def test_conditional_generator_uses_the_label_and_needs_one():
+    for conditioning in ("concat", "multiply"):
+        generator = Generator(GeneratorConfig(image_size=28, width=4, num_classes=10, conditioning=conditioning)).eval()
+        z = torch.randn(1, 100).expand(2, -1)
+        x = generator(z, torch.tensor([1, 7]))
+        assert not torch.allclose(x[0], x[1])  # same z, other digit -> another image
+        with pytest.raises(ValueError, match="pass y"):
+            generator(z)
+
+
+def test_dcgan_init_and_unknown_size():
+    generator = Generator(GeneratorConfig(image_size=64, width=16))
+    assert abs(generator.net[0].weight.std().item() - 0.02) < 0.002  # Radford et al.: N(0, 0.02)
+    with pytest.raises(ValueError, match="image_size"):
+        GeneratorConfig(image_size=32)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _linear_critic(u: torch.Tensor):
+    return lambda x: (x * u).flatten(1).sum(1)  # D(x) = <x, u>: its gradient is u everywhere
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 64)])
+def test_gradient_penalty_is_zero_for_unit_norm_gradient(channels, size):
+    u = torch.randn(1, channels, size, size)
+    u = u / u.norm()
+    real, fake = torch.randn(4, channels, size, size), torch.randn(4, channels, size, size)
+    assert gradient_penalty(_linear_critic(u), real, fake).item() < 1e-8
+    assert gradient_penalty(_linear_critic(2 * u), real, fake).item() == pytest.approx(1.0, rel=1e-4)  # (2-1)^2
+
+
+def test_gradient_penalty_trains_the_critic():
+    u = torch.randn(1, 3, 8, 8, requires_grad=True)
+    gp = gradient_penalty(lambda x: (x * u).flatten(1).sum(1), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))
+    gp.backward()
+    assert u.grad is not None and u.grad.abs().sum() > 0  # create_graph: the penalty reaches D's weights
+
+
+@pytest.mark.parametrize("losses", [bce_losses, hinge_losses, wasserstein_losses])
+def test_a_good_discriminator_has_lower_loss_and_the_generator_pays(losses):
+    confident_real, confident_fake = torch.full((8,), 3.0), torch.full((8,), -3.0)
+    confused = torch.zeros(8)
+    assert losses.d_loss(confident_real, confident_fake) < losses.d_loss(confused, confused)
+    assert losses.g_loss(confident_fake) > losses.g_loss(confused)  # G loses when D spots its images
+
+
+def test_hinge_ignores_confident_margins():
+    assert hinge_losses.d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0.0
+
+
+def test_label_smoothing_moves_the_real_target():
+    real, fake = torch.full((4,), 10.0), torch.full((4,), -10.0)
+    plain = bce_losses.d_loss(real, fake)
+    smoothed = bce_losses.d_loss(real, fake, label_smoothing=0.1)
+    assert plain.item() < 1e-3 and smoothed.item() > 0.5  # a target of 0.9 punishes an over-confident D
+    # the minimiser of the real term is now logit(0.9), not +infinity
+    at_target = bce_losses.d_loss(torch.full((4,), float(np.log(9.0))), fake, label_smoothing=0.1)
+    assert at_target < smoothed
+
+
+def test_auxiliary_class_loss_is_cross_entropy():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
+    assert auxiliary_class_loss(logits, torch.tensor([0, 1])) < auxiliary_class_loss(logits, torch.tensor([1, 0]))
+
+
+# ---------------------------------------------------------------- DiffAugment and method checks
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diffaugment_keeps_shape_and_passes_gradients(policy):
+    x = (torch.rand(3, 3, 28, 28) * 2 - 1).requires_grad_(True)
+    y = diff_augment(x, policy)
+    assert y.shape == x.shape and not torch.equal(y, x)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_diffaugment_translation_moves_pixels_and_cutout_zeroes_a_square():
+    x = torch.ones(16, 1, 8, 8)
+    shifted = diff_augment(x, "translation")
+    assert (shifted == 0).any() and set(shifted.unique().tolist()) <= {0.0, 1.0}  # zero-filled borders
+    cut = diff_augment(x, "cutout")
+    zeros = (cut == 0).flatten(1).sum(1)
+    assert (zeros > 0).all() and (zeros <= 16).all()  # at most a 4x4 square per 8x8 image
+    assert diff_augment(x, "") is x and set(AUGMENTS) == {"color", "translation", "cutout"}
+
+
+def test_method_rejects_typos_and_bad_combinations():
+    with pytest.raises(KeyError, match="n_critc"):
+        from_dict(GANMethod, {"n_critc": 5})
+    with pytest.raises(ValueError, match="loss"):
+        GANMethod(loss="lsgan")
+    with pytest.raises(ValueError, match="diffaugment"):
+        GANMethod(diffaugment="color,flip")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        GANMethod(loss="hinge", label_smoothing=0.1)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_sample_gan_is_seeded_per_image():
+    generator = Generator(GeneratorConfig(image_size=28, width=4, num_classes=10))
+    labels = torch.tensor([3, 1, 4])
+    a = sample_gan(generator, 3, seed=5, labels=labels, batch_size=3)
+    assert a.shape == (3, 3, 28, 28) and a.device.type == "cpu" and a.abs().max() <= 1
+    assert torch.equal(a, sample_gan(generator, 3, seed=5, labels=labels, batch_size=3))
+    assert torch.allclose(a, sample_gan(generator, 3, seed=5, labels=labels, batch_size=1), atol=1e-6)
+    assert not torch.allclose(a, sample_gan(generator, 3, seed=6, labels=labels))
+    with pytest.raises(ValueError, match="labels"):
+        sample_gan(generator, 3)
+
+
+def test_sample_gan_truncation_keeps_image_i_fixed():
+    generator = Generator(GeneratorConfig(image_size=28, width=4))
+    a = sample_gan(generator, 4, seed=0, truncation=0.5, batch_size=4)
+    b = sample_gan(generator, 4, seed=0, truncation=0.5, batch_size=2)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, sample_gan(generator, 4, seed=0))
+
+
+# ---------------------------------------------------------------- training
+
+
+def write_faces(root: Path, per_split: dict[str, int]) -> Path:
+    """A fake course-layout face set: <root>/face/<split>/*.png (64x64) + <split>.csv (image_name,Smiling,Male)."""
+    rng = np.random.default_rng(0)
+    for split, n in per_split.items():
+        folder = root / "face" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["image_name,Smiling,Male"]
+        for i in range(n):
+            name = f"{i:05d}.png"
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name)
+            lines.append(f"{name},{i % 2},{(i // 2) % 2}")
+        (root / "face" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_faces(tmp_path: Path) -> Path:
+    return write_faces(tmp_path / "faces", {"train": 8, "val": 4})
+
+
+def tiny_gan(preset: str, root: Path, tmp_path: Path, *extra: str):
+    return apply_overrides(get_preset(preset), [
+        f"--data.root={root}", f"--train.out_dir={tmp_path / 'runs'}", "--model.width=4", "--method.d_width=4",
+        "--train.batch_size=4", "--train.steps=2", "--train.sample_every=2", "--train.progress=false",
+        "--train.deterministic=true", *extra])
+
+
+@pytest.mark.parametrize("preset", ["acgan_digits", "dcgan_faces", "sngan_faces", "wgan_gp_faces", "acgan_faces"])
+def test_two_steps_write_a_loadable_generator(preset, request, tmp_path):
+    root = request.getfixturevalue("tiny_digits" if preset.endswith("digits") else "tiny_faces")
+    cfg = tiny_gan(preset, root, tmp_path)
+    generator, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    assert isinstance(generator, Generator) and meta["run"]["method"] == cfg.method
+    k = generator.config.num_classes
+    images = sample_gan(generator, 2, labels=torch.tensor([0, 1]) if k else None)
+    size = cfg.model.image_size
+    assert images.shape == (2, 3, size, size) and torch.isfinite(images).all()
+    lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(line["d_loss"]) and np.isfinite(line["g_loss"]) for line in lines)
+    assert ("gp" in lines[-1]) == (preset == "wgan_gp_faces")
+    assert ("real_class_acc" in lines[-1]) == (k > 0)
+    grid = Image.open(run_dir(cfg) / "samples" / "step_000002.png")
+    assert grid.height == (k if k else 8) * (size + 2) + 2  # rows = classes (save_image pads by 2)
+
+
+def test_ema_generator_is_shipped(tiny_faces, tmp_path):
+    cfg = tiny_gan("sngan_faces", tiny_faces, tmp_path, "--train.ema_decay=0.5")
+    generator, _ = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    state = torch.load(run_dir(cfg) / "state.pt", weights_only=True)["modules"]
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    shipped = generator.state_dict()
+    assert all(torch.equal(shipped[k], ema[k]) for k in shipped)
+    assert not all(torch.equal(shipped[k], state["generator"][k]) for k in shipped if shipped[k].is_floating_point())
+
+
+def test_update_counts_and_ttur(tiny_faces, tmp_path):
+    cfg = tiny_gan("dcgan_faces", tiny_faces, tmp_path, "--method.n_critic=3", "--method.g_steps=2",
+                   "--method.d_lr=4e-4", "--train.lr=1e-4", "--train.weight_decay=0.01", "--method.instance_noise=0.1",
+                   "--method.diffaugment=translation")
+    train(cfg, out=tmp_path / "ckpt")
+    state = torch.load(run_dir(cfg) / "state.pt", weights_only=True)["modules"]
+    d_group, g_group = state["d_opt"]["param_groups"][0], state["g_opt"]["param_groups"][0]
+    assert (d_group["lr"], d_group["weight_decay"]) == (4e-4, 0.01)  # TTUR; weight decay on D only
+    assert (g_group["lr"], g_group["weight_decay"]) == (1e-4, 0.0)
+    assert state["d_opt"]["state"][0]["step"].item() == 2 * 3  # steps x n_critic D updates
+    assert state["g_opt"]["state"][0]["step"].item() == 2 * 2  # steps x g_steps G updates
+
+
+def test_resume_continues_at_step_three(tiny_digits, tmp_path):
+    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--train.log_every=1")
+    train(cfg, out=tmp_path / "a")
+    train(apply_overrides(cfg, ["--train.steps=4"]), out=tmp_path / "b")
+    steps = [json.loads(line)["step"] for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_same_seed_same_generator(tiny_digits, tmp_path):
+    a = train(tiny_gan("acgan_digits", tiny_digits, tmp_path, "--name=a"), out=tmp_path / "a")
+    b = train(tiny_gan("acgan_digits", tiny_digits, tmp_path, "--name=b"), out=tmp_path / "b")
+    assert hub.weights_sha256(a) == hub.weights_sha256(b)
+
+
+def test_acgan_faces_needs_the_attribute(tiny_faces, tmp_path):
+    cfg = tiny_gan("acgan_faces", tiny_faces, tmp_path, "--data.attribute=")
+    with pytest.raises(ValueError, match="needs labels"):
+        train(cfg)
