@@ -20,6 +20,7 @@ import torch
 from dlcv import hub, service
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_image_range
+from dlcv.diffusion import ddim_timesteps
 from dlcv.metrics import digit_scores
 from dlcv.sampling import sample_gan
 from dlcv.viz import plot_guidance_curve, save_grid, save_strip
@@ -69,8 +70,6 @@ def main() -> None:
     rows = []
     weights = [float(w) for w in args.sweep.split(",") if w] if document["architecture"] == "unet" else []
     for w in weights or [default_w]:
-        from dlcv.diffusion import ddim_timesteps
-
         keep = ()
         if document["architecture"] == "unet" and w == default_w:
             steps = ddim_timesteps(document["schedule"]["num_timesteps"], document["sampling"]["steps"])

@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w")
     samp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
 
+    hub = sub.add_parser("hub", help="push a checkpoint folder to the Hugging Face Hub, or pull one")
+    hub_sub = hub.add_subparsers(dest="hub_command", required=True)
+    hub_push = hub_sub.add_parser("push", help="upload config.json + model.safetensors + a model card in one commit "
+                                               "(token: $HF_TOKEN or `hf auth login`)")
+    hub_push.add_argument("checkpoint", help="checkpoint folder, e.g. checkpoints/ddpm_digits")
+    hub_push.add_argument("--repo", required=True, help="model repo <org>/<name>; created if missing")
+    hub_push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its)")
+    hub_push.add_argument("--endpoint", default=None, help="Hub URL (default $HF_ENDPOINT or https://huggingface.co)")
+    hub_pull = hub_sub.add_parser("pull", help="download a checkpoint into the Hugging Face cache, check that it "
+                                               "loads, print its folder (HF_HUB_OFFLINE=1: from the cache only)")
+    hub_pull.add_argument("repo", help="model repo <org>/<name>")
+    hub_pull.add_argument("--revision", default=None, help="branch, tag or commit (default main)")
+    hub_pull.add_argument("--cache-dir", default=None, help="cache folder (default $HF_HUB_CACHE)")
+    hub_pull.add_argument("--endpoint", default=None, help="Hub URL (default $HF_ENDPOINT or https://huggingface.co)")
+
     pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
     pred.add_argument("checkpoint")
     pred.add_argument("--images", required=True, help="folder of images (sorted by name)")
@@ -198,4 +213,18 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict}
+def cmd_hub(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv import hub
+
+    if args.hub_command == "push":
+        url = hub.push(args.checkpoint, args.repo, private=args.private, endpoint=args.endpoint)
+        print(f"pushed {args.checkpoint} to {url}")
+        return 0
+    folder = hub.pull(args.repo, revision=args.revision, cache_dir=args.cache_dir, endpoint=args.endpoint)
+    hub.load(folder)  # strict load before handing the path to a script
+    print(folder)  # only the path, so `$(python -m dlcv hub pull ...)` works
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
+            "hub": cmd_hub}
