@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--data", default=os.environ.get("DLCV_DATA", "data"))
     parser.add_argument("--classifier", default=str(COURSE_CLASSIFIER))
+    parser.add_argument("--guidance-interval", default="", metavar="LO,HI", help="guidance only for LO <= t <= HI")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", default="", help="comma-separated guidance weights (diffusion only)")
     parser.add_argument("--figures", default="", help="folder for the figures")
@@ -61,12 +62,14 @@ def main() -> None:
     def generate(guidance: float | None = None, keep: tuple[int, ...] = ()):
         start = time.perf_counter()
         if document["architecture"] == "unet":
-            images, kept = service.generate_digits(model, document, labels, seed=args.seed, guidance=guidance, keep=keep)
+            images, kept = service.generate_digits(model, document, labels, seed=args.seed, guidance=guidance,
+                                                   keep=keep, guidance_interval=interval)
         else:
             images, kept = sample_gan(model, len(labels), seed=args.seed, labels=labels), {}
         return images, kept, time.perf_counter() - start
 
     default_w = document.get("sampling", {}).get("guidance")
+    interval = tuple(int(v) for v in args.guidance_interval.split(",")) if args.guidance_interval else None
     rows = []
     weights = [float(w) for w in args.sweep.split(",") if w] if document["architecture"] == "unet" else []
     for w in weights or [default_w]:

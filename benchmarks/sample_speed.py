@@ -25,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--classifier", default=str(COURSE_CLASSIFIER))
+    parser.add_argument("--guidance-interval", default="", metavar="LO,HI", help="guidance only for LO <= t <= HI")
     parser.add_argument("--ddpm-per-class", type=int, default=100, help="images per class for the DDPM timing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -33,12 +34,14 @@ def main() -> None:
     classifier = hub.load_course_classifier(args.classifier)
     model, document = service.load(args.checkpoint)
     T = document["schedule"]["num_timesteps"]
+    interval = tuple(int(v) for v in args.guidance_interval.split(",")) if args.guidance_interval else None
     rows = []
     for label, sampler, steps, per_class in (("DDIM-25", "ddim", 25, 100), ("DDIM-50", "ddim", 50, 100),
                                              (f"DDPM-{T}", "ddpm", T, args.ddpm_per_class)):
         labels = torch.arange(10).repeat_interleave(per_class)
         start = time.perf_counter()
-        images, _ = service.generate_digits(model, document, labels, seed=0, sampler=sampler, steps=steps)
+        images, _ = service.generate_digits(model, document, labels, seed=0, sampler=sampler, steps=steps,
+                                            guidance_interval=interval)
         seconds = time.perf_counter() - start
         acc = accuracy(predict_logits(classifier, to_uint8(images)).argmax(1), labels)
         scaled = seconds * 1000 / len(labels)
@@ -46,7 +49,8 @@ def main() -> None:
         print(f"{label}: {seconds:.1f} s for {len(labels)} digits -> {scaled:.1f} s per 1000, accuracy {acc:.4f}",
               flush=True)
     base = rows[-1][1]
-    print(f"\nguidance w = {document['sampling']['guidance']}, torch threads = {torch.get_num_threads()}")
+    print(f"\nguidance w = {document['sampling']['guidance']}, interval = {interval or 'every step'}, "
+          f"torch threads = {torch.get_num_threads()}")
     print("| sampler | s per 1000 digits | vs DDPM | accuracy | timed on |\n| --- | ---: | ---: | ---: | ---: |")
     for label, seconds, acc, n in rows:
         print(f"| {label} | {seconds:.1f} | {base / seconds:.1f}x faster | {acc:.4f} | {n} digits |")

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
     samp.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
     samp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w")
+    samp.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                      help="apply guidance only for LO <= t <= HI (default: checkpoint's, else every step)")
     samp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
 
     hub = sub.add_parser("hub", help="push a checkpoint folder to the Hugging Face Hub, or pull one")
@@ -201,13 +203,23 @@ def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _pair(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--guidance-interval {text!r} must be two integers LO,HI, e.g. 200,800") from None
+    return lo, hi
+
+
 def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     from dlcv import service
 
     start = time.perf_counter()
     folder = service.sample_to_folder(args.checkpoint, args.out, per_class=args.per_class, n=args.n, seed=args.seed,
                                       sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
-                                      force=args.force)
+                                      guidance_interval=_pair(args.guidance_interval), force=args.force)
     count = sum(1 for _ in folder.iterdir())
     print(f"wrote {count} images to {folder} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -138,3 +138,13 @@ def test_sample_cli_writes_exactly_the_course_files(tiny_ddpm_cfg, tmp_path, cap
 def test_service_rejects_non_diffusion_checkpoints(tmp_ckpt, tmp_path):
     with pytest.raises(ValueError, match="does not generate images"):
         service.sample_to_folder(tmp_ckpt, tmp_path / "x", per_class=1)
+
+
+def test_guidance_interval_outside_every_step_equals_no_guidance():
+    model, s = tiny_model(), NoiseSchedule(ScheduleConfig(num_timesteps=50))
+    labels = torch.tensor([1, 2])
+    plain, _ = sample_diffusion(model, s, labels, steps=5, guidance=0.0, amp=False)
+    empty, _ = sample_diffusion(model, s, labels, steps=5, guidance=3.0, guidance_interval=(100, 200), amp=False)
+    full, _ = sample_diffusion(model, s, labels, steps=5, guidance=3.0, guidance_interval=(0, 49), amp=False)
+    everywhere, _ = sample_diffusion(model, s, labels, steps=5, guidance=3.0, amp=False)
+    assert torch.equal(plain, empty) and torch.equal(full, everywhere) and not torch.equal(plain, full)
