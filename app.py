@@ -28,8 +28,10 @@ if not models:
     st.stop()
 
 st.subheader("Shipped checkpoints")
+scalar = (int, float, str)  # nested metrics (per-class tables) are in RESULTS.md, not in this overview
 st.dataframe(pd.DataFrame([{"name": m.name, "family": m.family, "architecture": m.architecture,
-                            **{k: v for k, v in m.metrics.items()}} for m in models]), hide_index=True)
+                            **{k: v for k, v in m.metrics.items() if isinstance(v, scalar)}} for m in models]),
+             hide_index=True)
 
 classifiers = [m for m in models if m.architecture == "classifier"]
 if classifiers:
