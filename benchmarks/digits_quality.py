@@ -21,7 +21,7 @@ from dlcv import hub, service
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_image_range
 from dlcv.diffusion import ddim_timesteps
-from dlcv.metrics import digit_scores
+from dlcv.metrics import digit_scores, embed
 from dlcv.sampling import sample_gan
 from dlcv.viz import plot_guidance_curve, save_grid, save_strip
 
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     classifier = hub.load_course_classifier(args.classifier)
-    reference = reference_digits(args.data)
+    reference_features = embed(classifier, reference_digits(args.data))  # once, not per guidance weight
     model, document = service.load(args.checkpoint)
     labels = torch.arange(10).repeat_interleave(100)
     name = Path(args.checkpoint).name
@@ -78,7 +78,7 @@ def main() -> None:
             steps = ddim_timesteps(document["schedule"]["num_timesteps"], document["sampling"]["steps"])
             keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         images, kept, seconds = generate(w, keep)
-        scores = digit_scores(classifier, to_uint8(images), labels, reference)
+        scores = digit_scores(classifier, to_uint8(images), labels, reference_features)
         row = {"guidance": w, "accuracy": round(scores["accuracy"], 4), "digit_fid": round(scores["digit_fid"], 3),
                "per_class": {c: round(a, 3) for c, a in scores["per_class"].items()}, "seconds": round(seconds, 1)}
         rows.append(row)

@@ -54,11 +54,12 @@ def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torc
 
 
 def digit_scores(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 reference: torch.Tensor | None = None) -> dict:
-    """Accuracy, per-class accuracy and (with real `reference` images) the digit-FID in the classifier's
-    penultimate features, for uint8 generated digits: how the course grades conditional generation."""
+                 reference_features: torch.Tensor | None = None) -> dict:
+    """Accuracy, per-class accuracy and (given `embed(classifier, real_digits)`, computed once per reference set)
+    the digit-FID in the classifier's penultimate features, for uint8 generated digits: how the course grades
+    conditional generation."""
     pred = predict_logits(classifier, images).argmax(1)
     scores = {"accuracy": accuracy(pred, labels), "per_class": per_class_accuracy(pred, labels, 10), "n": len(labels)}
-    if reference is not None:
-        scores["digit_fid"] = frechet_distance(embed(classifier, images), embed(classifier, reference))
+    if reference_features is not None:
+        scores["digit_fid"] = frechet_distance(embed(classifier, images), reference_features)
     return scores

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -120,8 +121,6 @@ def _fingerprint(folder: Path, names: list[str], size: int | None, channels: int
 def _write_cache(cache_path: Path, array: np.ndarray) -> None:
     try:
         cache_path.parent.mkdir(exist_ok=True)
-        import io
-
         buf = io.BytesIO()
         np.save(buf, array, allow_pickle=False)
         atomic_write_bytes(cache_path, buf.getvalue())
