@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     hub_pull.add_argument("--cache-dir", default=None, help="cache folder (default $HF_HUB_CACHE)")
     hub_pull.add_argument("--endpoint", default=None, help="Hub URL (default $HF_ENDPOINT or https://huggingface.co)")
 
+    fig = sub.add_parser("figures", help="write the course's figures of a checkpoint (grids, pairs, VAE "
+                                         "reconstructions, t-SNE, curves)")
+    fig.add_argument("checkpoint")
+    fig.add_argument("--out", required=True, help="folder for <checkpoint>_<figure>.png")
+    fig.add_argument("--data", default=None, help="data root for figures that need faces (VAE); default none")
+    fig.add_argument("--seed", type=int, default=0)
+    fig.add_argument("--metrics", default=None, help="the run's metrics.jsonl, for learning curves")
+    fig.add_argument("--attribute", default="Male", help="attribute that colours the VAE t-SNE")
+
     pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
     pred.add_argument("checkpoint")
     pred.add_argument("--images", required=True, help="folder of images (sorted by name)")
@@ -238,5 +247,14 @@ def cmd_hub(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.figures import write_figures
+
+    for path in write_figures(args.checkpoint, args.out, data_root=args.data, seed=args.seed, metrics=args.metrics,
+                              attribute=args.attribute):
+        print(path)
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
-            "hub": cmd_hub}
+            "figures": cmd_figures, "hub": cmd_hub}

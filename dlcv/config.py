@@ -55,6 +55,8 @@ class TrainConfig:
     sample_every: int = 500
     save_every: int = 500
     ema_decay: float = 0.0  # 0 disables EMA
+    max_minutes: float = 0.0  # > 0: stop at this wall-clock budget (a leased GPU), saving state and checkpoint
+    snapshot_every: int = 0  # > 0: also write the shippable model every n steps, to pick the best one by a metric
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
     amp: bool = True  # bf16 autocast where the device supports it
     channels_last: bool = True

@@ -30,8 +30,8 @@ class CheckpointError(ValueError):
 def unwrap(model: nn.Module) -> nn.Module:
     """The module under torch.compile / AveragedModel wrappers, so saved keys carry no prefixes."""
     model = getattr(model, "_orig_mod", model)
-    if isinstance(model, torch.optim.swa_utils.AveragedModel):
-        model = model.module
+    if isinstance(model, torch.optim.swa_utils.AveragedModel) or type(model).__name__ == "EMA":
+        model = model.module  # training.common.EMA: hub sits below training, so it is matched by name
     return getattr(model, "_orig_mod", model)
 
 

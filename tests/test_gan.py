@@ -164,26 +164,6 @@ def test_sample_gan_truncation_keeps_image_i_fixed():
 # ---------------------------------------------------------------- training
 
 
-def write_faces(root: Path, per_split: dict[str, int]) -> Path:
-    """A fake course-layout face set: <root>/face/<split>/*.png (64x64) + <split>.csv (image_name,Smiling,Male)."""
-    rng = np.random.default_rng(0)
-    for split, n in per_split.items():
-        folder = root / "face" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = ["image_name,Smiling,Male"]
-        for i in range(n):
-            name = f"{i:05d}.png"
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name)
-            lines.append(f"{name},{i % 2},{(i // 2) % 2}")
-        (root / "face" / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture
-def tiny_faces(tmp_path: Path) -> Path:
-    return write_faces(tmp_path / "faces", {"train": 8, "val": 4})
-
-
 def tiny_gan(preset: str, root: Path, tmp_path: Path, *extra: str):
     return apply_overrides(get_preset(preset), [
         f"--data.root={root}", f"--train.out_dir={tmp_path / 'runs'}", "--model.width=4", "--method.d_width=4",

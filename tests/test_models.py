@@ -6,11 +6,15 @@ import torch
 from dlcv.models import ARCHITECTURES, build_model
 from dlcv.models.classifier import Classifier, ClassifierConfig
 from dlcv.models.gan import Generator, GeneratorConfig
+from dlcv.models.uda import UDANetConfig
 from dlcv.models.unet import UNetConfig
+from dlcv.models.vae import VAEConfig
 
 TINY = {"classifier": ClassifierConfig(kind="convnet", width=4),
         "unet": UNetConfig(base_width=8, channel_mults=(1, 2), attention_levels=(1,)),
-        "generator": GeneratorConfig(image_size=28, width=4, num_classes=10)}
+        "generator": GeneratorConfig(image_size=28, width=4, num_classes=10),
+        "vae": VAEConfig(image_size=28, width=4, latent_dim=8),
+        "uda_net": UDANetConfig(width=4)}
 
 
 def run(model, x):
@@ -19,6 +23,8 @@ def run(model, x):
         return model(torch.randn(2, model.z_dim), torch.tensor([3, 7]))
     if model.__class__.__name__ == "UNet":
         return model(x, torch.tensor([0, 999]), torch.tensor([3, model.config.null_class]))
+    if model.__class__.__name__ == "VAE":
+        return model(x)[0]  # (x_hat, mu, logvar)
     return model(x)
 
 

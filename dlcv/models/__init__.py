@@ -8,12 +8,16 @@ import torch.nn as nn
 
 from dlcv.models.classifier import Classifier, ClassifierConfig
 from dlcv.models.gan import Generator, GeneratorConfig
+from dlcv.models.uda import UDANet, UDANetConfig
 from dlcv.models.unet import UNet, UNetConfig
+from dlcv.models.vae import VAE, VAEConfig
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "classifier": (ClassifierConfig, Classifier),
     "unet": (UNetConfig, UNet),
     "generator": (GeneratorConfig, Generator),
+    "uda_net": (UDANetConfig, UDANet),
+    "vae": (VAEConfig, VAE),
 }
 
 

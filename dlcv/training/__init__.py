@@ -9,11 +9,15 @@ from dlcv.config import RunConfig
 from dlcv.training.classifier import train_classifier
 from dlcv.training.diffusion import train_diffusion
 from dlcv.training.gan import train_gan
+from dlcv.training.uda import train_uda
+from dlcv.training.vae import train_vae
 
 TRAINERS: dict[str, Callable[..., Path]] = {
     "classifier": train_classifier,
     "diffusion": train_diffusion,
     "gan": train_gan,
+    "uda": train_uda,
+    "vae": train_vae,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -21,6 +22,21 @@ STATE_NAME = "state.pt"
 def every(step: int, n: int) -> bool:
     """True on the n-th, 2n-th, ... completed step (step counts from 0); n <= 0 never fires."""
     return n > 0 and (step + 1) % n == 0
+
+
+class Deadline:
+    """train.max_minutes as a clock: `passed()` is True once the budget is spent (never when it is 0)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.end = time.monotonic() + 60.0 * minutes if minutes > 0 else None
+
+    def passed(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+
+def snapshot_dir(cfg: RunConfig, step: int) -> Path:
+    """runs/<name>/snapshots/step_<n>: the shippable model after n steps (train.snapshot_every)."""
+    return run_dir(cfg) / "snapshots" / f"step_{step:06d}"
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -86,13 +102,46 @@ def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, 
     return state["step"], state["extra"]
 
 
-def ema_copy(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """EMA of a model's weights (and buffers) with warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n
-    updates (diffusers' EMAModel), so the random initial weights fade out within the first few hundred steps
-    instead of weighing 0.999^n, which is still 13 % after 2,000 steps."""
+class EMA(torch.nn.Module):
+    """theta' <- d theta' + (1 - d) theta after each update, with warm-up d_n = min(decay, (1 + n) / (10 + n)) after
+    n updates (diffusers' EMAModel), so the random initial weights fade out within the first few hundred steps
+    instead of weighing 0.999^n, which is still 13 % after 2,000 steps. Float buffers (batch-norm statistics) are
+    averaged too, integer ones copied.
 
-    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        d = torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay).to(averaged.dtype)
-        return d * averaged + (1 - d) * current
+    One fused foreach lerp, and the update count lives in Python: AveragedModel reads its count tensor every step,
+    a GPU sync that made EMA runs 6x slower when several runs shared one GPU. The state dict has AveragedModel's
+    keys (module.*, n_averaged), so older runs resume.
+    """
 
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.updates = decay, 0
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long, device=next(model.parameters()).device))
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        mine = list(self.module.parameters()) + list(self.module.buffers())
+        theirs = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
+        floats = [(a, b) for a, b in zip(mine, theirs) if a.is_floating_point()]
+        if self.updates == 0:
+            for a, b in zip(mine, theirs):
+                a.copy_(b)
+        else:
+            d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+            torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1.0 - d)
+            for a, b in zip(mine, theirs):
+                if not a.is_floating_point():
+                    a.copy_(b)
+        self.updates += 1
+        self.n_averaged.fill_(self.updates)  # a host-to-device write: no sync
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.updates = int(self.n_averaged)
+        return result
+
+
+def ema_copy(model: torch.nn.Module, decay: float) -> EMA:
+    """An EMA of `model` (see EMA), placed on the model's device."""
+    return EMA(model, decay)

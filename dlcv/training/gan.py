@@ -21,7 +21,7 @@ from dlcv.models import build_model
 from dlcv.models.gan import Discriminator, DiscriminatorConfig
 from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
 from dlcv.sampling import sample_gan
-from dlcv.training.common import MetricLog, ema_copy, every, load_state, run_dir, save_state
+from dlcv.training.common import Deadline, MetricLog, ema_copy, every, load_state, run_dir, save_state, snapshot_dir
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,9 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
         return logits.float(), class_logits.float() if class_logits is not None else None
 
     d_kwargs = {"label_smoothing": method.label_smoothing} if method.label_smoothing else {}
+    deadline = Deadline(cfg.train.max_minutes)
+    shipped = ema.module if ema is not None else generator
+    done = start
     generator.train()
     discriminator.train()
     for step in bar:
@@ -217,16 +220,21 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
                 ema.update_parameters(generator)
         discriminator.requires_grad_(True)
         metrics.add({"d_loss": d_loss, "g_loss": g_loss, **step_metrics})
-        last = step + 1 == cfg.train.steps
+        last = step + 1 == cfg.train.steps or deadline.passed()
         if every(step, cfg.train.log_every) or last:
             metrics.flush(step + 1)
         if every(step, cfg.train.sample_every) or last:
-            save_samples(ema.module if ema is not None else generator, samples_dir / f"step_{step + 1:06d}.png", device)
+            save_samples(shipped, samples_dir / f"step_{step + 1:06d}.png", device)
             generator.train()  # sampling put it in eval mode
+        if every(step, cfg.train.snapshot_every):
+            hub.save(shipped, snapshot_dir(cfg, step + 1), {"run": to_dict(cfg), "trained_steps": step + 1})
         if every(step, cfg.train.save_every) or last:
             save_state(cfg, step + 1, modules)
+        done = step + 1
+        if last:
+            break
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
-    hub.save(ema.module if ema is not None else generator, out, {"run": to_dict(cfg)})
+    hub.save(shipped, out, {"run": to_dict(cfg), "trained_steps": done})
     log.info("%s -> %s", cfg.name, out)
     return out
 

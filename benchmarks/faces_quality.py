@@ -1,0 +1,74 @@
+"""FID and KID of face generators against real faces (torch-fidelity, 2015-12-05 FID-Inception pool3 features; the
+weights come from dlcv.inception, so nothing is downloaded). Each checkpoint samples N faces into a temporary folder
+(service.sample_to_folder, seed-fixed), then face_scores compares that folder with the reference folder.
+
+    python benchmarks/faces_quality.py checkpoints/dcgan_faces checkpoints/wgan_gp_faces --ref data/face/val \
+        --n 1000 --seed 0 --json runs/faces_quality.json
+
+The reference features are cached (under $DLCV_CACHE/fidelity, default ~/.cache/dlcv/fidelity), so only the first
+checkpoint pays for the reference pass. For the floor of FID at N samples, score real faces against the reference:
+face_scores("data/face/test", "data/face/val").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dlcv import service
+from dlcv.fileio import atomic_write_text
+from dlcv.metrics import face_scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="generator checkpoint folders")
+    parser.add_argument("--ref", default="data/face/val", help="folder of real face PNGs")
+    parser.add_argument("--n", type=int, default=1000, help="faces sampled per checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kid-subset-size", type=int, default=1000, help="clamped to the smaller folder")
+    parser.add_argument("--batch-size", type=int, default=64, help="Inception batch size")
+    parser.add_argument("--cache-name", default="", help="reference feature cache name (default: faces-<ref name>)")
+    parser.add_argument("--json", default="", metavar="PATH", help="also write the results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cache_name = args.cache_name or f"faces-{Path(args.ref).resolve().name}"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"reference {args.ref}, {args.n} samples per checkpoint, seed {args.seed}, Inception on {device}", flush=True)
+
+    rows = []
+    for checkpoint in args.checkpoints:
+        with tempfile.TemporaryDirectory(prefix="faces_quality_") as tmp:
+            start = time.perf_counter()
+            folder = service.sample_to_folder(checkpoint, Path(tmp) / "samples", n=args.n, seed=args.seed)
+            sample_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            scores = face_scores(folder, args.ref, kid_subset_size=args.kid_subset_size, cache_name=cache_name,
+                                 batch_size=args.batch_size)
+            inception_seconds = time.perf_counter() - start
+        row = {"name": Path(checkpoint).name, "checkpoint": str(checkpoint), **scores,
+               "sample_seconds": round(sample_seconds, 2), "inception_seconds": round(inception_seconds, 2)}
+        rows.append(row)
+        print(f"{row['name']}: FID {row['fid']:.2f}, KID {row['kid_mean']:.5f} ± {row['kid_std']:.5f}, "
+              f"sampling {sample_seconds:.1f} s, Inception passes {inception_seconds:.1f} s", flush=True)
+
+    print("\n| checkpoint | FID | KID mean ± std | sampling s | Inception s |\n| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(f"| {row['name']} | {row['fid']:.2f} | {row['kid_mean']:.5f} ± {row['kid_std']:.5f} "
+              f"| {row['sample_seconds']:.1f} | {row['inception_seconds']:.1f} |")
+    print(f"Inception passes took {sum(r['inception_seconds'] for r in rows):.1f} s in all (the first includes the "
+          f"reference pass unless {cache_name!r} was already cached)")
+    if args.json:
+        document = {"ref": args.ref, "n": args.n, "seed": args.seed, "device": device, "results": rows}
+        atomic_write_text(args.json, json.dumps(document, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

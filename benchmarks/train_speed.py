@@ -1,0 +1,116 @@
+"""Training images/s of each face preset on this machine, beside a plain course-style reference loop (issue 3).
+
+    python benchmarks/train_speed.py --data data --steps 30
+
+The reference is the course's DCGAN loop: a DataLoader over the PNG files (PIL decode + ToTensor + Normalize per
+image, no in-memory cache), fp32, default memory layout, the same Generator/Discriminator and BCE maths. Our loop
+is `dlcv.training.train` on the preset as shipped (in-memory uint8 cache, bf16 autocast, channels_last). Each
+preset is also timed with amp and channels_last off ("plain"), which isolates what the two settings buy.
+Throughput counts real images through D per second, after `--warmup` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlcv.config import apply_overrides  # noqa: E402
+from dlcv.presets import get_preset  # noqa: E402
+from dlcv.training import train  # noqa: E402
+from dlcv.training.common import run_dir  # noqa: E402
+
+PRESETS = ["dcgan_faces", "sngan_faces", "wgan_gp_faces", "acgan_faces", "vae_faces"]
+
+
+def ours(preset: str, data: str, steps: int, warmup: int, plain: bool) -> float:
+    """Images/s of the shipped training loop, from its metrics.jsonl timestamps (one line per step)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"--data.root={data}", f"--train.out_dir={tmp}", f"--train.steps={warmup + steps}",
+                     "--train.log_every=1", "--train.sample_every=0", "--train.save_every=0", "--train.eval_every=0",
+                     "--train.progress=false", "--train.device=cpu"]
+        if plain:
+            overrides += ["--train.amp=false", "--train.channels_last=false"]
+        cfg = apply_overrides(get_preset(preset), overrides)
+        train(cfg, out=Path(tmp) / "ckpt")
+        lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+        n_critic = int(cfg.method.get("n_critic", 1))
+        # the last line also carries end-of-run work (the VAE's val pass), so time up to the one before it
+        seconds = lines[-2]["time_s"] - lines[warmup - 1]["time_s"]
+        return (steps - 1) * cfg.train.batch_size * n_critic / seconds
+
+
+def reference(data: str, steps: int, warmup: int, batch_size: int = 64) -> float:
+    """The course-style DCGAN step, reading PNGs from disk through a DataLoader every step."""
+    import torch.nn.functional as F
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    from dlcv.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+    class Faces(Dataset):
+        def __init__(self, folder: Path) -> None:
+            self.files = sorted(folder.glob("*.png"))
+            self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+
+        def __len__(self) -> int:
+            return len(self.files)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return self.transform(Image.open(self.files[i]).convert("RGB"))
+
+    loader = DataLoader(Faces(Path(data) / "face" / "train"), batch_size=batch_size, shuffle=True, drop_last=True)
+    G, D = Generator(GeneratorConfig()), Discriminator(DiscriminatorConfig())
+    g_opt = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    start, done = None, 0
+    for real in loader:
+        if done == warmup:
+            start = time.perf_counter()
+        z = torch.randn(batch_size, 100)
+        fake = G(z)
+        d_real, _ = D(real)
+        d_fake, _ = D(fake.detach())
+        d_loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
+            F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        d_opt.zero_grad()
+        d_loss.backward()
+        d_opt.step()
+        g_logits, _ = D(fake)
+        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+        g_opt.zero_grad()
+        g_loss.backward()
+        g_opt.step()
+        done += 1
+        if done == warmup + steps:
+            break
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--presets", nargs="*", default=PRESETS)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; images/s over {args.steps} steps")
+    ref = reference(args.data, args.steps, args.warmup)
+    print(f"{'reference (course DCGAN loop, PNG DataLoader, fp32)':<52} {ref:8.1f} img/s   1.00x")
+    for preset in args.presets:
+        plain = ours(preset, args.data, args.steps, args.warmup, plain=True)
+        fast = ours(preset, args.data, args.steps, args.warmup, plain=False)
+        print(f"{preset + ' (plain: fp32, default layout)':<52} {plain:8.1f} img/s   {plain / ref:.2f}x")
+        print(f"{preset + ' (shipped: bf16 autocast, channels_last)':<52} {fast:8.1f} img/s   {fast / ref:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The course's figures of one checkpoint, written by code (`python -m dlcv figures CKPT --out DIR`):
+
+- face GAN: a 32-face grid; Smiling ACGAN: also 10 pairs, each pair one z with Smiling off (top) and on (bottom);
+- digit generators: a 10x10 grid (rows = digits); diffusion: also the reverse process of the first "0";
+- VAE: test faces over their reconstructions with the per-image MSE, 32 samples, t-SNE of the latent means of val
+  faces coloured by an attribute (Male by default); learning curves when the run's metrics.jsonl is given.
+
+Everything is seeded, so the same checkpoint and seed give the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from dlcv import hub
+from dlcv.data.loaders import to_image_range, to_model_range
+from dlcv.sampling import sample_gan, sample_vae
+from dlcv.viz import plot_curves, plot_tsne, save_captioned_rows, save_grid, save_strip
+
+log = logging.getLogger(__name__)
+
+CURVE_KEYS = {"vae": ["recon", "kl", "train_mse"], "generator": ["d_loss", "g_loss"],
+              "unet": ["loss"], "classifier": ["loss"]}
+
+
+def write_figures(checkpoint: str | Path, out: str | Path, data_root: str | Path | None = None, seed: int = 0,
+                  metrics: str | Path | None = None, attribute: str = "Male") -> list[Path]:
+    """Write every figure that `checkpoint` supports into `out` (named <checkpoint>_<figure>.png); returns them.
+
+    Figures that need data (VAE reconstructions and t-SNE) are skipped with a log line when data_root is None.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    model, document = hub.load(checkpoint)
+    name, architecture = checkpoint.name, document["architecture"]
+    written: list[Path] = []
+    if architecture == "generator":
+        written += gan_figures(model, out, name, seed)
+    elif architecture == "unet":
+        written += diffusion_figures(model, document, out, name, seed)
+    elif architecture == "vae":
+        written += vae_figures(model, out, name, seed, data_root, attribute)
+    else:
+        log.info("%s: no generation figures for a %s checkpoint", name, architecture)
+    if metrics is not None:
+        records = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+        keys = [k for k in CURVE_KEYS.get(architecture, []) if any(k in r for r in records)]
+        if keys:
+            written.append(plot_curves(records, keys, out / f"{name}_curves.png", title=name))
+    return written
+
+
+def gan_figures(generator: torch.nn.Module, out: Path, name: str, seed: int) -> list[Path]:
+    k = generator.config.num_classes
+    if k == 0:  # unconditional faces: 32 of them
+        return [save_grid(sample_gan(generator, 32, seed=seed), out / f"{name}_grid.png", nrow=8)]
+    if k == 2:  # Smiling ACGAN: a grid (rows 1-2 not smiling, 3-4 smiling) and 10 pairs from the same z
+        labels = torch.tensor([0] * 16 + [1] * 16)
+        grid = save_grid(sample_gan(generator, 32, seed=seed, labels=labels), out / f"{name}_grid.png", nrow=8)
+        # z_i comes from seed + i, so two calls with the same seed give both halves of each pair the same z
+        off = sample_gan(generator, 10, seed=seed, labels=torch.zeros(10, dtype=torch.long))
+        on = sample_gan(generator, 10, seed=seed, labels=torch.ones(10, dtype=torch.long))
+        pairs = save_captioned_rows([off, on], [["not smiling"] + [""] * 9, ["smiling"] + [""] * 9],
+                                    out / f"{name}_pairs.png")
+        return [grid, pairs]
+    labels = torch.arange(k).repeat_interleave(10)  # digits: rows = classes
+    return [save_grid(sample_gan(generator, len(labels), seed=seed, labels=labels), out / f"{name}_grid.png",
+                      nrow=10)]
+
+
+def diffusion_figures(model: torch.nn.Module, document: dict, out: Path, name: str, seed: int) -> list[Path]:
+    from dlcv.service import generate_digits
+
+    labels = torch.arange(model.config.num_classes).repeat_interleave(10)
+    steps = document.get("sampling", {}).get("steps", 50)
+    num_timesteps = document["schedule"]["num_timesteps"]
+    from dlcv.diffusion import ddim_timesteps
+
+    timesteps = ddim_timesteps(num_timesteps, steps)
+    ts = [timesteps[round(i * (len(timesteps) - 1) / 5)] for i in range(5)]  # five x_t from t = T-1 down
+    images, kept = generate_digits(model, document, labels, seed=seed, keep=tuple(ts))
+    grid = save_grid(images, out / f"{name}_grid.png", nrow=10)
+    strip = save_strip([kept[t][0] for t in ts] + [images[0]], [f"t={t}" for t in ts] + ["x0"],
+                       out / f"{name}_reverse.png")
+    return [grid, strip]
+
+
+@torch.no_grad()
+def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root: str | Path | None,
+                attribute: str) -> list[Path]:
+    from dlcv.data.faces import read_faces
+    from dlcv.metrics import reconstruction_mse
+
+    written = [save_grid(sample_vae(vae, 32, seed=seed), out / f"{name}_samples.png", nrow=8)]
+    if data_root is None:
+        log.info("%s: pass --data for the reconstruction and t-SNE figures", name)
+        return written
+    vae.eval()
+    split = "test" if (Path(data_root) / "face" / "test").is_dir() else "val"
+    faces = read_faces(data_root, split).images[:10]
+    errors = reconstruction_mse(vae, faces, per_image=True)
+    x = to_model_range(faces)
+    recon = vae.decode(vae.encode(x)[0]).float()
+    written.append(save_captioned_rows([x, recon], [[""] * 10, [f"MSE {e:.4f}" for e in errors.tolist()]],
+                                       out / f"{name}_reconstruction.png"))
+    val = read_faces(data_root, "val")
+    if attribute in val.attribute_names:
+        labels = val.labels(attribute)
+        known = (labels >= 0).nonzero().flatten()
+        known = known[torch.randperm(len(known), generator=torch.Generator().manual_seed(seed))[:1000]]
+        mu = torch.cat([vae.encode(to_model_range(val.images[known[i:i + 250]]))[0]
+                        for i in range(0, len(known), 250)])
+        written.append(plot_tsne(mu, labels[known], out / f"{name}_tsne_{attribute}.png",
+                                 title=f"VAE latent means (t-SNE), val faces by {attribute}",
+                                 label_names=[f"not {attribute}", attribute], seed=seed))
+    else:
+        log.info("%s: val faces carry no %r attribute; t-SNE skipped", name, attribute)
+    return written
+

@@ -1,0 +1,86 @@
+"""The digit network for unsupervised domain adaptation: the DIRT-T-style small CNN (Shu et al. 2018) with
+per-domain input normalisation and per-domain batch-norm statistics, both carried by the checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dlcv.config import check_choice
+from dlcv.models.blocks import DomainBatchNorm2d, Segments, conv_norm_act, instance_standardize
+
+SOURCE, TARGET = 0, 1  # domain indices of the normalisation buffers and batch-norm statistics
+
+
+@dataclass
+class UDANetConfig:
+    """width w: convs w, w | pool | 2w, 2w | pool | 2w, 2w | global average -> features (B, 2w) -> logits."""
+
+    in_channels: int = 3
+    image_size: int = 28
+    num_classes: int = 10
+    width: int = 64
+    domain_bn: bool = True  # separate BN statistics for source and target (AdaBN); False: one shared set
+    input_norm: Literal["domain", "instance"] = "domain"  # per-domain channel mean/std, or per-image standardising
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        check_choice("model.input_norm", self.input_norm, ("domain", "instance"))
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"model.in_channels={self.in_channels}; use 3 (grey domains are replicated) or 1")
+
+
+class UDANet(nn.Module):
+    """Takes images in [-1, 1] (B, C, H, W), grey ones replicated. forward(x) / features(x) use the *target*
+    domain's statistics by default, since a shipped UDA model predicts on the target domain."""
+
+    def __init__(self, config: UDANetConfig) -> None:
+        super().__init__()
+        self.config = config
+        w, c = config.width, config.in_channels
+        widths = [(c, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w)]
+        domains = 2 if config.domain_bn else 1
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in widths)
+        self.norms = nn.ModuleList(DomainBatchNorm2d(b, domains) for _, b in widths)
+        self.head = nn.Linear(2 * w, config.num_classes)
+        self.feature_dim = 2 * w
+        # (domain, C): the input statistics of each domain in [-1, 1] units, set by the training loop
+        self.register_buffer("input_mean", torch.zeros(2, c))
+        self.register_buffer("input_std", torch.ones(2, c))
+
+    def set_input_stats(self, domain: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store a domain's per-channel mean and std (in model range) for domain input normalisation."""
+        self.input_mean[domain] = mean.to(self.input_mean)
+        self.input_std[domain] = std.clamp_min(1e-3).to(self.input_std)
+
+    def _normalize(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        if x.shape[1] == 1 and self.config.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.config.input_norm == "instance":
+            return instance_standardize(x)
+        mean = torch.cat([self.input_mean[d].expand(n, -1) for d, n in segments])  # (B, C)
+        std = torch.cat([self.input_std[d].expand(n, -1) for d, n in segments])
+        return (x - mean[:, :, None, None]) / std[:, :, None, None]
+
+    def trunk(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """Features (B, 2w) of a batch made of per-domain chunks, e.g. ((SOURCE, 64), (TARGET, 64))."""
+        x = self._normalize(x, segments)
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = conv_norm_act(conv, norm, x, segments)
+            if i in (1, 3):
+                x = F.dropout(F.max_pool2d(x, 2), self.config.dropout, self.training)
+        return x.mean(dim=(2, 3))  # (B, 2w, 7, 7) -> (B, 2w)
+
+    def features(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
+        """Penultimate features (B, 2w) of a one-domain batch (t-SNE, the domain classifier)."""
+        return self.trunk(x, ((domain, x.shape[0]),))
+
+    embed = features  # the name dlcv.metrics.embed calls
+
+    def forward(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
+        """Logits (B, num_classes)."""
+        return self.head(self.features(x, domain))

@@ -1,0 +1,369 @@
+"""Unsupervised domain adaptation on digits: UDA_METHODS (source-only, DANN, VADA + mean teacher, target-only), each
+a small class with DomainBed's `update(x_src, y_src, x_tgt) -> dict` / `predict(x)`, and `train_uda`, the one loop.
+
+Model selection never reads target labels: it uses the labelled domain's val accuracy (or a label-free criterion);
+the target-val-selected ("oracle") figure is recorded separately and labelled as such."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dlcv import hub
+from dlcv.config import RunConfig, TrainConfig, check_choice, to_dict
+from dlcv.data.digits import read_digits
+from dlcv.data.loaders import to_model_range
+from dlcv.losses import conditional_entropy, diversity_loss, domain_loss, vat_loss
+from dlcv.models import build_model
+from dlcv.models.blocks import grad_reverse
+from dlcv.models.uda import SOURCE, TARGET, UDANet
+from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
+from dlcv.training.common import MetricLog, ema_copy, every, run_dir
+
+log = logging.getLogger(__name__)
+
+SELECTION = ("labelled_val", "target_im", "last")  # never target labels; the oracle is recorded apart
+
+
+def dann_lambda(p: float) -> float:
+    """lambda_p = 2 / (1 + exp(-10 p)) - 1: the GRL weight ramp of Ganin et al. 2016 (sec. 5.2.2), p in [0, 1]."""
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+def annealed_lr(p: float) -> float:
+    """mu_p / mu_0 = 1 / (1 + 10 p)^0.75: the learning-rate annealing of Ganin et al. 2016 (sec. 5.2.2)."""
+    return (1.0 + 10.0 * p) ** -0.75
+
+
+def augment(x: torch.Tensor, shift: float = 0.15, scale: float = 0.1, rotate: float = 0.2, noise: float = 0.05,
+            colour: bool = True) -> torch.Tensor:
+    """Random affine (shift ~2 px, +-10 % scale, +-11 degrees), Gaussian noise and, with `colour`, an intensity flip
+    (p = 0.5) and a per-channel gain and offset (French et al. 2018's digit augmentation), on the batch's device."""
+    b = x.shape[0]
+    u = torch.rand(b, 4, device=x.device) * 2 - 1  # (B, 4) in [-1, 1]
+    s, a = 1 + scale * u[:, 0], rotate * u[:, 1]
+    theta = torch.stack([torch.stack([s * a.cos(), -s * a.sin(), shift * u[:, 2]], 1),
+                         torch.stack([s * a.sin(), s * a.cos(), shift * u[:, 3]], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x.float(), grid, padding_mode="border", align_corners=False)
+    if colour:
+        flip = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < 0.5, -1.0, 1.0)
+        gain = 1 + 0.4 * (torch.rand(b, x.shape[1], 1, 1, device=x.device) * 2 - 1)
+        offset = 0.3 * (torch.rand(b, x.shape[1], 1, 1, device=x.device) * 2 - 1)
+        x = (flip * x * gain + offset).clamp(-1, 1)
+    return x + noise * torch.randn_like(x)
+
+
+def domain_classifier(dim: int, hidden: int = 256) -> nn.Module:
+    """D(f): features (B, dim) -> domain logit (B, 1); trained, not shipped."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden),
+                         nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+
+class SourceOnly:
+    """Lower bound: cross-entropy on labelled source batches; the target batch is ignored."""
+
+    labelled_domain = SOURCE
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, model: UDANet, hparams: dict[str, Any], train: TrainConfig) -> None:
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            raise KeyError(f"unknown method option(s) {unknown} for {type(self).__name__}; "
+                           f"valid: {sorted(self.defaults)}")
+        self.hp = {**self.defaults, **hparams}
+        self.model, self.amp, self.total_steps, self.step = model, train.amp, max(1, train.steps), 0
+        self.extra = self.build_extra(model)  # e.g. the domain classifier
+        params = list(model.parameters()) + [p for m in self.extra.values() for p in m.parameters()]
+        self.opt = torch.optim.Adam(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: annealed_lr(s / self.total_steps))
+        if model.config.domain_bn and type(self) in (SourceOnly, TargetOnly):
+            raise ValueError(f"{type(self).__name__} sees one domain only, so it cannot fit per-domain batch norm; "
+                             f"set --model.domain_bn=false")
+
+    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
+        return {}
+
+    @property
+    def progress(self) -> float:
+        """p in [0, 1]: the share of training done."""
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def eval_model(self) -> UDANet:
+        """The network that is evaluated and shipped."""
+        return self.model
+
+    def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(x_src.device, self.amp):
+            logits = self.model(x_src, domain=self.labelled_domain)
+        loss = F.cross_entropy(logits.float(), y_src)
+        return {"loss": loss, "cls_loss": loss.detach(), "acc": (logits.argmax(1) == y_src).float().mean()}
+
+    def update(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns detached scalar tensors (no .item(), so no CPU-GPU sync)."""
+        out = self.loss(x_src, y_src, x_tgt)
+        self.opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.after_step()
+        return {k: v.detach() for k, v in out.items()}
+
+    def after_step(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
+        """Logits (B, K) of the evaluated network in eval mode."""
+        model = self.eval_model
+        was = model.training
+        model.eval()
+        with autocast(x.device, self.amp):
+            logits = model(x, domain=domain).float()
+        model.train(was)
+        return logits
+
+
+class TargetOnly(SourceOnly):
+    """Upper bound: the same network trained on the *labelled target* train split (the loop passes target batches)."""
+
+    labelled_domain = TARGET
+
+
+class DANN(SourceOnly):
+    """Ganin et al. 2016: L_y(source) + domain_weight * L_d(source, target), the features trained through a gradient
+    reversal layer whose weight follows lambda_p; source and target go through the network as one batch."""
+
+    defaults: dict[str, Any] = {"domain_weight": 1.0}
+
+    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
+        return {"domain_classifier": domain_classifier(model.feature_dim).to(model.input_mean.device)}
+
+    def forward_pair(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(source logits, target logits, domain loss) from one pass over cat(x_src, x_tgt)."""
+        n = x_src.shape[0]
+        with autocast(x_src.device, self.amp):
+            z = self.model.trunk(torch.cat([x_src, x_tgt]), ((SOURCE, n), (TARGET, x_tgt.shape[0])))  # (2B, D)
+            logits = self.model.head(z)
+            d_logits = self.extra["domain_classifier"](grad_reverse(z, dann_lambda(self.progress)))
+        return logits[:n], logits[n:], domain_loss(d_logits[:n], d_logits[n:])
+
+    def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits_src, _, d_loss = self.forward_pair(x_src, x_tgt)
+        cls_loss = F.cross_entropy(logits_src.float(), y_src)
+        return {"loss": cls_loss + self.hp["domain_weight"] * d_loss, "cls_loss": cls_loss.detach(),
+                "d_loss": d_loss.detach(), "acc": (logits_src.argmax(1) == y_src).float().mean()}
+
+
+class VADA(DANN):
+    """DANN + target conditional entropy + VAT on source and target (VADA, Shu et al. 2018, eq. (6)), + a batch
+    diversity term (information maximisation, SHOT), + a mean teacher (Tarvainen & Valpola 2017; French et al. 2018)
+    whose confident target predictions supervise the student on augmented images. Each part is a weight or flag, so
+    an ablation is a list of overrides; target-side weights ramp up with lambda_p. The teacher is what is shipped."""
+
+    defaults: dict[str, Any] = {"domain_weight": 0.1, "ent_weight": 1.0, "div_weight": 1.0, "vat_src_weight": 1.0,
+                                "vat_tgt_weight": 1.0, "vat_eps": 2.0, "augment": True, "colour_augment": True,
+                                "teacher": True, "teacher_decay": 0.99, "teacher_weight": 1.0,
+                                "teacher_threshold": 0.9}
+
+    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
+        extra = super().build_extra(model)
+        self.teacher = None
+        if self.hp["teacher"]:  # the EMA of the student, kept in eval mode: its BN uses running statistics
+            self.teacher = ema_copy(model, self.hp["teacher_decay"])
+            self.teacher.module.eval()
+        return extra
+
+    @property
+    def eval_model(self) -> UDANet:
+        return self.teacher.module if self.teacher is not None else self.model
+
+    def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        hp, ramp = self.hp, dann_lambda(self.progress)
+        clean_tgt = x_tgt
+        if hp["augment"]:
+            x_src, x_tgt = (augment(x, colour=hp["colour_augment"]) for x in (x_src, x_tgt))
+        logits_src, logits_tgt, d_loss = self.forward_pair(x_src, x_tgt)
+        cls_loss = F.cross_entropy(logits_src.float(), y_src)
+        out = {"cls_loss": cls_loss.detach(), "d_loss": d_loss.detach(),
+               "acc": (logits_src.argmax(1) == y_src).float().mean()}
+        loss = cls_loss + hp["domain_weight"] * d_loss
+        terms = {"ent_loss": (hp["ent_weight"] * ramp, lambda: conditional_entropy(logits_tgt)),
+                 "div_loss": (hp["div_weight"] * ramp, lambda: diversity_loss(logits_tgt)),
+                 "vat_src": (hp["vat_src_weight"], lambda: self.vat(x_src, logits_src, SOURCE)),
+                 "vat_tgt": (hp["vat_tgt_weight"] * ramp, lambda: self.vat(x_tgt, logits_tgt, TARGET)),
+                 "teacher_loss": (hp["teacher_weight"] * ramp if self.teacher is not None else 0.0,
+                                  lambda: self.consistency(clean_tgt, logits_tgt))}
+        for name, (weight, term) in terms.items():
+            if weight > 0:
+                value = term()
+                loss = loss + weight * value
+                out[name] = value.detach()
+        out["loss"] = loss
+        return out
+
+    def vat(self, x: torch.Tensor, logits: torch.Tensor, domain: int) -> torch.Tensor:
+        with autocast(x.device, self.amp):
+            return vat_loss(lambda v: self.model(v, domain=domain), x, logits, eps=self.hp["vat_eps"])
+
+    def consistency(self, clean_tgt: torch.Tensor, logits_tgt: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the student (augmented target) to the teacher's confident labels (clean target)."""
+        with torch.no_grad(), autocast(clean_tgt.device, self.amp):
+            probs = F.softmax(self.teacher.module(clean_tgt, domain=TARGET).float(), dim=1)
+        confidence, pseudo = probs.max(dim=1)
+        mask = (confidence >= self.hp["teacher_threshold"]).float()
+        return (F.cross_entropy(logits_tgt.float(), pseudo, reduction="none") * mask).mean()
+
+    def after_step(self) -> None:
+        if self.teacher is not None:
+            self.teacher.update_parameters(self.model)
+
+
+UDA_METHODS: dict[str, type[SourceOnly]] = {
+    "source_only": SourceOnly,
+    "dann": DANN,
+    "vada": VADA,
+    "target_only": TargetOnly,
+}
+
+
+# ---------------------------------------------------------------- data on the training device
+
+
+class DomainData:
+    """One domain's splits as uint8 tensors on the device (grey kept 1-channel, replicated per batch)."""
+
+    def __init__(self, root: str, domain: str, image_size: int, device: torch.device,
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        self.name, self.splits = domain, {}
+        for split in splits:
+            try:
+                data = read_digits(root, domain, split, channels=None, image_size=image_size)
+            except ValueError as err:  # e.g. the course's hw2_data has no test split
+                if split == "train":
+                    raise
+                log.info("%s: no %s split (%s)", domain, split, err)
+                continue
+            self.splits[split] = (data.images.to(device), data.labels.to(device))
+
+    def batch(self, n: int, generator: torch.Generator, fmt: torch.memory_format,
+              split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch (with replacement) indexed on the device: images (n, 3, H, W) in [-1, 1], labels (n,)."""
+        images, labels = self.splits[split]
+        idx = torch.randint(len(images), (n,), device=images.device, generator=generator)
+        return to_rgb(to_model_range(images[idx])).contiguous(memory_format=fmt), labels[idx]
+
+    def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std (3,) of the train images in model range, for domain input normalisation."""
+        x = to_rgb(to_model_range(self.splits["train"][0][:20000]))
+        return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+
+
+def to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) grey -> (B, 3, H, W) by replication; RGB passes through."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@torch.no_grad()
+def evaluate(method: SourceOnly, data: DomainData, split: str, domain: int, fmt: torch.memory_format,
+             batch_size: int = 1000) -> dict[str, float] | None:
+    """Accuracy, mean prediction entropy and information maximisation score (H(mean p) - mean H(p), label-free)."""
+    if split not in data.splits:
+        return None
+    images, labels = data.splits[split]
+    logits = torch.cat([method.predict(to_rgb(to_model_range(images[i:i + batch_size])).contiguous(memory_format=fmt),
+                                       domain=domain) for i in range(0, len(images), batch_size)])
+    p = F.softmax(logits, dim=1)
+    entropy = -(p * torch.log(p + 1e-8)).sum(1).mean()
+    p_mean = p.mean(0)
+    im = -(p_mean * torch.log(p_mean + 1e-8)).sum() - entropy
+    return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": entropy.item(), "im": im.item()}
+
+
+def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
+    """Train cfg.method["name"] from data.domain (labelled) to data.target_domain (unlabelled); select weights without
+    target labels; write the checkpoint (default runs/<name>/checkpoint) with target test accuracy and the oracle."""
+    hp = dict(cfg.method)
+    name, select = hp.pop("name", "dann"), hp.pop("select", "labelled_val")
+    if name not in UDA_METHODS:
+        raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
+    check_choice("method.select", select, SELECTION)
+    if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
+        raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
+                         "e.g. --data.domain=mnistm --data.target_domain=usps")
+    seed_everything(cfg.train.seed)
+    set_deterministic(cfg.train.deterministic)
+    device = pick_device(cfg.train.device)
+    fmt = memory_format(cfg.train.channels_last)
+    src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
+    tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
+    model = build_model(cfg.architecture, cfg.model).to(device)
+    for domain, data in ((SOURCE, src), (TARGET, tgt)):
+        model.set_input_stats(domain, *data.input_stats())
+    model = model.to(memory_format=fmt)
+    method = UDA_METHODS[name](model, hp, cfg.train)
+    labelled = tgt if method.labelled_domain == TARGET else src
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in method.eval_model.state_dict().items()}
+
+    best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
+    bar = tqdm(range(cfg.train.steps), desc=cfg.name, disable=not cfg.train.progress)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    model.train()
+    train_time, tick = 0.0, time.perf_counter()
+    for step in bar:
+        x_lab, y_lab = labelled.batch(cfg.train.batch_size, generator, fmt)
+        x_tgt, _ = tgt.batch(cfg.train.batch_size, generator, fmt)  # target labels are never read here
+        metrics.add(method.update(x_lab, y_lab, x_tgt))
+        last = step + 1 == cfg.train.steps
+        extra_log = {}
+        if every(step, cfg.train.eval_every) or last:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - tick
+            lab_val = evaluate(method, labelled, "val", method.labelled_domain, fmt)
+            tgt_val = evaluate(method, tgt, "val", TARGET, fmt)
+            score = {"labelled_val": lab_val["acc"], "target_im": tgt_val["im"], "last": step}[select]
+            if score >= best["selected"][0]:  # ties go to the later step
+                best["selected"] = (score, step + 1, snapshot())
+            if tgt_val["acc"] >= best["oracle"][0]:  # oracle: reads target val labels; reported apart, never shipped
+                best["oracle"] = (tgt_val["acc"], step + 1, snapshot())
+            extra_log = {"labelled_val_acc": round(lab_val["acc"], 5), "target_val_acc": round(tgt_val["acc"], 5),
+                         "target_val_im": round(tgt_val["im"], 5), "steps_per_s": round((step + 1) / train_time, 2)}
+            tick = time.perf_counter()
+        if every(step, cfg.train.log_every) or last or extra_log:
+            metrics.flush(step + 1, extra_log)
+    if cfg.train.steps == 0:
+        raise RuntimeError(f"{cfg.name}: train.steps=0 trains nothing; use --train.steps >= 1")
+    final = method.eval_model
+    result: dict[str, Any] = {"method": name, "source": src.name, "target": tgt.name, "steps": cfg.train.steps,
+                              "steps_per_s": round(cfg.train.steps / max(train_time, 1e-9), 3),
+                              "train_seconds": round(train_time, 1), "last_step_target_test_acc": None}
+    last_test = evaluate(method, tgt, "test", TARGET, fmt)
+    result["last_step_target_test_acc"] = last_test["acc"] if last_test else None
+    for key, prefix in (("oracle", "oracle_"), ("selected", "")):  # selected last, so `final` keeps its weights
+        _, best_step, state = best[key]
+        final.load_state_dict(state)
+        test = evaluate(method, tgt, "test", TARGET, fmt)
+        result[f"{prefix}target_val_acc"] = evaluate(method, tgt, "val", TARGET, fmt)["acc"]
+        result[f"{prefix}target_test_acc"] = test["acc"] if test else None
+        result[f"{key}_step"] = best_step
+    result["selected_by"] = select
+    result["labelled_val_acc"] = evaluate(method, labelled, "val", method.labelled_domain, fmt)["acc"]
+    result = {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
+    out = Path(out) if out else run_dir(cfg) / "checkpoint"
+    hub.save(final.to(memory_format=torch.contiguous_format), out, {"run": to_dict(cfg), "metrics": result})
+    log.info("%s: %s -> %s", cfg.name, result, out)
+    return out

