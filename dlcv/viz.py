@@ -41,12 +41,31 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int) -> Path:
     return path
 
 
-def plot_guidance_curve(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Accuracy and digit-FID against the guidance weight w (rows: {"guidance", "accuracy", "digit_fid"})."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    """Tight layout, write the PNG (creating its folder), free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_guidance_curve(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Accuracy and digit-FID against the guidance weight w (rows: {"guidance", "accuracy", "digit_fid"})."""
+    plt = _pyplot()
 
     w = [r["guidance"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
@@ -57,12 +76,7 @@ def plot_guidance_curve(rows: list[dict], path: str | os.PathLike) -> Path:
     ax2.plot(w, [r["digit_fid"] for r in rows], "s--", color="tab:red")
     ax2.set_ylabel("digit-FID (classifier features)", color="tab:red")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_strip(frames: list[torch.Tensor], captions: list[str], path: str | os.PathLike, scale: int = 4) -> Path:
@@ -89,10 +103,7 @@ def plot_tsne(features: torch.Tensor, labels: torch.Tensor, path: str | os.PathL
               label_names: list[str] | None = None, seed: int = 0) -> Path:
     """2-D t-SNE (scikit-learn, PCA init) of (N, D) features, one colour per integer label; e.g. labels = digit
     class, or domain with label_names=["source", "target"]. Sub-sample beforehand to keep N to a few thousand."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from sklearn.manifold import TSNE
 
     x = features.detach().float().cpu().flatten(1).numpy()  # (N, ...) -> (N, D)
@@ -110,12 +121,7 @@ def plot_tsne(features: torch.Tensor, labels: torch.Tensor, path: str | os.PathL
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_captioned_rows(rows: list[torch.Tensor], captions: list[list[str]], path: str | os.PathLike,
@@ -145,10 +151,7 @@ def save_captioned_rows(rows: list[torch.Tensor], captions: list[list[str]], pat
 
 def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, title: str = "") -> Path:
     """Learning curves: one panel per key of metrics.jsonl records ({"step": ..., key: ...}) against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), dpi=120, squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -159,9 +162,4 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
