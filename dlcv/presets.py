@@ -38,16 +38,18 @@ PRESETS: dict[str, RunConfig] = {
         method={"p_uncond": 0.1, "guidance": 2.0, "warmup_steps": 200,
                 "schedule": {"num_timesteps": 1000, "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02}},
     ),
-    # ACGAN on MNIST-M: one generator for all ten digits (the class embedding is concatenated with z)
+    # ACGAN on MNIST-M: one generator for all ten digits. conditioning="multiply" (z * embed(y)): with "concat" the
+    # learned embedding outgrew z (first-layer weights 12x larger) and G ignored z: one image per class. A spectral-
+    # norm hinge D with TTUR and a G EMA lifted course-classifier accuracy from 0.41 (BCE, batch-norm D) to 0.92;
+    # 15,000 steps take ~39 min on one CPU thread shared with other jobs
     "acgan_digits": RunConfig(
         name="acgan_digits", family="gan", architecture="generator",
-        # 6000 steps take 4-5 min on one CPU thread. conditioning="multiply" (z * embed(y)): with "concat" the
-        # learned embedding outgrew z (first-layer weights 12x larger) and G ignored z: one image per class
         model=GeneratorConfig(z_dim=100, image_size=28, channels=3, width=32, num_classes=10, conditioning="multiply"),
         data=DataConfig(dataset="digits", domain="mnistm", image_size=28, channels=3),
-        train=TrainConfig(steps=6000, batch_size=64, lr=2e-4, betas=(0.5, 0.999), log_every=100,
-                          sample_every=1000, save_every=500),
-        method={"loss": "dcgan", "label_smoothing": 0.1, "aux_weight": 1.0, "d_width": 64},
+        train=TrainConfig(steps=15000, batch_size=64, lr=1e-4, betas=(0.0, 0.9), ema_decay=0.999, log_every=100,
+                          sample_every=1000, save_every=500, snapshot_every=3000),
+        method={"loss": "hinge", "aux_weight": 1.0, "d_width": 64, "d_lr": 4e-4, "spectral_norm": True,
+                "d_norm": "none"},
     ),
     # method A: the course's DCGAN (Radford et al. 2016): 64x64, z 100, BCE, Adam 2e-4 / beta1 0.5, N(0, 0.02) init
     "dcgan_faces": RunConfig(
