@@ -60,7 +60,8 @@ def test_two_vae_steps_ship_a_loadable_model_with_val_mse(tiny_faces, tmp_path):
     again, _ = hub.load(tmp_path / "ckpt")
     a, b = sample_vae(vae, 3, seed=5), sample_vae(again, 3, seed=5)
     assert torch.equal(a, b) and not torch.equal(a, sample_vae(vae, 3, seed=6))
-    assert torch.equal(sample_vae(vae, 3, seed=5)[1], sample_vae(vae, 2, seed=6)[0])  # image i comes from seed + i
+    # image i comes from seed + i (other batch sizes may pick other conv kernels: equal up to float rounding)
+    assert torch.allclose(sample_vae(vae, 3, seed=5)[1], sample_vae(vae, 2, seed=6)[0], atol=1e-5)
 
 
 def test_reconstruction_mse_is_in_unit_pixels():
