@@ -164,5 +164,7 @@ def test_pages_render_and_generate(browser, streamlit_url, screenshots):  # brow
                 assert "dcgan_faces" in browser.find_element(By.TAG_NAME, "body").text
         if page == "digits":
             assert click_generate(browser, minimum=10) >= 10
+        if os.environ.get("DLCV_SCREENSHOTS"):  # charts and lazy images draw after the script has finished
+            time.sleep(3)
         assert browser.save_screenshot(str(screenshots / f"{page}.png"))
         assert (screenshots / f"{page}.png").stat().st_size > 10_000
