@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import sys
@@ -195,19 +193,13 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
-    from dlcv.data.digits import read_image_folder
-    from dlcv.fileio import atomic_write_text
+    from dlcv.data.digits import read_image_folder, write_predictions
     from dlcv.metrics import predict_logits
 
     model = _load_classifier(args.checkpoint)
     images, names = read_image_folder(args.images, channels=model.config.in_channels,
                                       image_size=model.config.image_size, resize=args.resize)
-    labels = predict_logits(model, images).argmax(1).tolist()
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_name", "label"])
-    writer.writerows(zip(names, labels))
-    atomic_write_text(args.out, buf.getvalue())
+    write_predictions(args.out, names, predict_logits(model, images).argmax(1).tolist())
     print(f"wrote {len(names)} predictions to {args.out}")
     return 0
 

@@ -120,3 +120,25 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
         log.info("%s: val faces carry no %r attribute; t-SNE skipped", name, attribute)
     return written
 
+
+
+@torch.no_grad()
+def domain_tsne(model: torch.nn.Module, source: tuple[torch.Tensor, torch.Tensor],
+                target: tuple[torch.Tensor, torch.Tensor], stem: str | Path, titles: tuple[str, str],
+                domain_names: list[str], seed: int = 0) -> list[Path]:
+    """The course's two adaptation figures: t-SNE of a UDA model's features on source and target digits, coloured
+    by class (<stem>_class.png) and by domain (<stem>_domain.png). source / target: (uint8 images, labels)."""
+    from dlcv.models.uda import SOURCE, TARGET, UDANet
+
+    features, classes, domains = [], [], []
+    for domain, (images, labels) in ((SOURCE, source), (TARGET, target)):
+        x = to_model_range(images)
+        # a UDA net sends each domain through its own normalisation and BN statistics; a plain classifier has one
+        embed = (lambda b: model.features(b, domain=domain)) if isinstance(model, UDANet) else model.embed
+        features.append(torch.cat([embed(x[i:i + 500]) for i in range(0, len(x), 500)]))
+        classes.append(labels)
+        domains.append(torch.full((len(x),), domain))
+    features = torch.cat(features).float()
+    return [plot_tsne(features, torch.cat(classes), f"{stem}_class.png", titles[0], seed=seed),
+            plot_tsne(features, torch.cat(domains), f"{stem}_domain.png", titles[1], label_names=domain_names,
+                      seed=seed)]

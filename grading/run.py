@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ import torch
 
 from dlcv import hub, service
 from dlcv.config import default_data_root
+from dlcv.data.digits import write_predictions
 from dlcv.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -272,15 +272,6 @@ def predict_folder(checkpoint: Path, folder: Path, names: list[str]) -> list[int
     return predict_logits(model, images).argmax(1).tolist()
 
 
-def write_predictions(path: Path, names: list[str], labels: list[int]) -> None:
-    """The course's CSV: header image_name,label, one row per image."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_name", "label"])
-    writer.writerows(zip(names, labels))
-    atomic_write_text(path, buf.getvalue())
-
-
 def part_adaptation(ctx: Context) -> list[Entry]:
     """adaptation/<source>_to_<target>.csv for every shipped pair (best model), and t-SNE figures."""
     pairs = uda_checkpoints(ctx.checkpoints)
@@ -315,30 +306,22 @@ def uda_tsne(entry: Entry, checkpoint: Path, source: str, target: str, ctx: Cont
     """t-SNE of the features of source and target test digits, coloured by class and by domain (the course's two
     adaptation figures); up to `per_domain` images each, a seeded random subset."""
     from dlcv.data.digits import read_digits
-    from dlcv.data.loaders import to_model_range
-    from dlcv.viz import plot_tsne
+    from dlcv.figures import domain_tsne
 
     record_checkpoint(entry, checkpoint)
     entry.seed = ctx.seed
     model, _ = service.load(checkpoint)
     size = model.config.image_size
-    features, classes, domains = [], [], []
-    for index, domain in enumerate((source, target)):
+    splits = []
+    for domain in (source, target):
         split = "test" if (ctx.data / "digits" / domain / "test.csv").is_file() else "val"
         data = read_digits(ctx.data, domain, split, image_size=size, resize=True)
         keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(ctx.seed))[:per_domain]
-        x = to_model_range(data.images[keep])
-        with torch.no_grad():  # UDANet keeps per-domain statistics (index 0 = source, 1 = target)
-            f = model.embed(x) if hasattr(model, "embed") else model.features(x, index)
-        features.append(f.float())
-        classes.append(data.labels[keep])
-        domains.append(torch.full((len(keep),), index))
-    features, out = torch.cat(features), ctx.out / entry.output
-    plot_tsne(features, torch.cat(classes), out / f"{checkpoint.name}_tsne_class.png",
-              f"{checkpoint.name}: features by digit", seed=ctx.seed)
-    plot_tsne(features, torch.cat(domains), out / f"{checkpoint.name}_tsne_domain.png",
-              f"{checkpoint.name}: features by domain", label_names=[f"source {source}", f"target {target}"],
-              seed=ctx.seed)
+        splits.append((data.images[keep], data.labels[keep]))
+    out = ctx.out / entry.output
+    domain_tsne(model, splits[0], splits[1], out / f"{checkpoint.name}_tsne",
+                (f"{checkpoint.name}: features by digit", f"{checkpoint.name}: features by domain"),
+                [f"source {source}", f"target {target}"], seed=ctx.seed)
     entry.files = count_files(out)
 
 

@@ -256,9 +256,7 @@ def tsne(args: argparse.Namespace) -> None:
 
     from dlcv import hub
     from dlcv.data.digits import read_digits
-    from dlcv.data.loaders import to_model_range
-    from dlcv.models.uda import SOURCE, TARGET
-    from dlcv.viz import plot_tsne
+    from dlcv.figures import domain_tsne
 
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["seed"] == 0
@@ -266,22 +264,14 @@ def tsne(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(0)
     for r in runs:
         model, _ = hub.load(r["checkpoint"])
-        feats, classes, domains = [], [], []
         splits = [read_digits(args.data, d, "val") for d in (r["source"], r["target"])]
         n = min(args.tsne_per_domain, *(len(s) for s in splits))
-        for domain, split in zip((SOURCE, TARGET), splits):
-            idx = torch.randperm(len(split), generator=generator)[:n]
-            x = to_model_range(split.images[idx])
-            with torch.no_grad():
-                feats.append(torch.cat([model.features(x[i:i + 500], domain=domain) for i in range(0, n, 500)]))
-            classes.append(split.labels[idx])
-            domains.append(torch.full((n,), domain))
-        feats, classes, domains = torch.cat(feats), torch.cat(classes), torch.cat(domains)
+        picks = [torch.randperm(len(split), generator=generator)[:n] for split in splits]
         stem = Path(args.out) / "tsne" / f"{r['method']}_{r['source']}_to_{r['target']}"
         title = f"{COLUMNS[r['method']]}: {r['source']} → {r['target']}"
-        plot_tsne(feats, classes, f"{stem}_class.png", f"{title} (by class)")
-        plot_tsne(feats, domains, f"{stem}_domain.png", f"{title} (by domain)",
-                  label_names=[f"source {r['source']}", f"target {r['target']}"])
+        domain_tsne(model, *[(s.images[i], s.labels[i]) for s, i in zip(splits, picks)], stem,
+                    (f"{title} (by class)", f"{title} (by domain)"),
+                    [f"source {r['source']}", f"target {r['target']}"])
         print(f"wrote {stem}_class.png and {stem}_domain.png ({n} val images per domain)", flush=True)
 
 

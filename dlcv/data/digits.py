@@ -81,3 +81,18 @@ def read_image_folder(folder: str | Path, channels: int | None = 3, image_size: 
         raise DataError(f"{folder} holds no images; point --images at a folder of .png files")
     array = read_images(folder, names, size=image_size, channels=channels, resize=resize, cache=False)
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), names
+
+
+def write_predictions(path: str | Path, names: list[str], labels: list[int]) -> None:
+    """The course's prediction CSV (the layout's own label files): header image_name,label, one row per image,
+    labels as plain integers; written atomically."""
+    import csv
+    import io
+
+    from dlcv.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image_name", "label"])
+    writer.writerows(zip(names, (int(label) for label in labels)))
+    atomic_write_text(path, buf.getvalue())
