@@ -179,7 +179,7 @@ def face_scores(samples: str | Path, reference: str | Path, *, kid_subset_size: 
         input1=ImagesPathDataset([str(p) for p in sample_files]),
         input2=ImagesPathDataset([str(p) for p in reference_files]),
         fid=True, kid=True, isc=isc, kid_subset_size=min(kid_subset_size, len(sample_files), len(reference_files)),
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights),
+        feature_extractor=inception.fast_extractor_name(), feature_extractor_weights_path=str(weights),
         batch_size=batch_size, cuda=cuda, save_cpu_ram=not cuda,  # save_cpu_ram: no loader workers on CPU
         cache=cache_name is not None, verbose=False, **options)
     scores = {"fid": float(result["frechet_inception_distance"]),

@@ -65,6 +65,17 @@ def test_converted_weights_match_torchscript_features(weights: Path):
     assert inception.max_feature_difference(images, weights) < 1e-5
 
 
+def test_fused_extractor_keeps_the_features(weights: Path):
+    """BN folded into the convs + channels_last (face_scores' extractor) is the same maths: features within ~1e-5."""
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = inception.feature_extractor(weights)(images)[0]
+        fused = inception.feature_extractor(weights, fused=True)(images)[0]
+    assert plain.shape == fused.shape == (3, 2048)
+    assert (plain - fused).abs().max().item() < 1e-4 * max(1.0, plain.abs().max().item())
+    assert inception.fast_extractor_name() == inception.fast_extractor_name()  # registering twice is harmless
+
+
 def test_face_scores_on_tiny_folders(weights: Path, tmp_path: Path):
     a = write_pngs(tmp_path / "a", 20, seed=0, grey=2)  # grey PNGs are converted to RGB
     b = write_pngs(tmp_path / "b", 20, seed=1)
