@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("DLCV_DATA", "data"))
     parser.add_argument("--classifier", default=str(COURSE_CLASSIFIER))
     parser.add_argument("--guidance-interval", default="", metavar="LO,HI", help="guidance only for LO <= t <= HI")
+    parser.add_argument("--uncond-every", type=int, default=None, metavar="K",
+                        help="unconditional model every K-th step (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", default="", help="comma-separated guidance weights (diffusion only)")
     parser.add_argument("--figures", default="", help="folder for the figures")
@@ -63,7 +65,8 @@ def main() -> None:
         start = time.perf_counter()
         if document["architecture"] == "unet":
             images, kept = service.generate_digits(model, document, labels, seed=args.seed, guidance=guidance,
-                                                   keep=keep, guidance_interval=interval)
+                                                   keep=keep, guidance_interval=interval,
+                                                   uncond_every=args.uncond_every)
         else:
             images, kept = sample_gan(model, len(labels), seed=args.seed, labels=labels), {}
         return images, kept, time.perf_counter() - start

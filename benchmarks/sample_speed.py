@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--classifier", default=str(COURSE_CLASSIFIER))
     parser.add_argument("--guidance-interval", default="", metavar="LO,HI", help="guidance only for LO <= t <= HI")
+    parser.add_argument("--guidance", type=float, default=None, help="w (default: the checkpoint's)")
+    parser.add_argument("--uncond-every", type=int, default=None, metavar="K",
+                        help="unconditional model every K-th step (default: the checkpoint's)")
     parser.add_argument("--ddpm-per-class", type=int, default=100, help="images per class for the DDPM timing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -41,7 +44,8 @@ def main() -> None:
         labels = torch.arange(10).repeat_interleave(per_class)
         start = time.perf_counter()
         images, _ = service.generate_digits(model, document, labels, seed=0, sampler=sampler, steps=steps,
-                                            guidance_interval=interval)
+                                            guidance_interval=interval, uncond_every=args.uncond_every,
+                                            guidance=args.guidance)
         seconds = time.perf_counter() - start
         acc = accuracy(predict_logits(classifier, to_uint8(images)).argmax(1), labels)
         scaled = seconds * 1000 / len(labels)
@@ -49,7 +53,10 @@ def main() -> None:
         print(f"{label}: {seconds:.1f} s for {len(labels)} digits -> {scaled:.1f} s per 1000, accuracy {acc:.4f}",
               flush=True)
     base = rows[-1][1]
-    print(f"\nguidance w = {document['sampling']['guidance']}, interval = {interval or 'every step'}, "
+    sampling = document["sampling"]
+    print(f"\nguidance w = {args.guidance if args.guidance is not None else sampling['guidance']}, "
+          f"interval = {interval or 'every step'}, "
+          f"unconditional model every {args.uncond_every or sampling.get('uncond_every', 1)} guided step(s), "
           f"torch threads = {torch.get_num_threads()}")
     print("| sampler | s per 1000 digits | vs DDPM | accuracy | timed on |\n| --- | ---: | ---: | ---: | ---: |")
     for label, seconds, acc, n in rows:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w")
     samp.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                       help="apply guidance only for LO <= t <= HI (default: checkpoint's, else every step)")
+    samp.add_argument("--uncond-every", type=int, default=None, metavar="K",
+                      help="run the unconditional model every K-th guided step, reusing it in between "
+                           "(default: checkpoint's, else 1 = exact guidance)")
     samp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
 
     hub = sub.add_parser("hub", help="push a checkpoint folder to the Hugging Face Hub, or pull one")
@@ -220,7 +223,8 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     start = time.perf_counter()
     folder = service.sample_to_folder(args.checkpoint, args.out, per_class=args.per_class, n=args.n, seed=args.seed,
                                       sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
-                                      guidance_interval=_pair(args.guidance_interval), force=args.force)
+                                      guidance_interval=_pair(args.guidance_interval),
+                                      uncond_every=args.uncond_every, force=args.force)
     count = sum(1 for _ in folder.iterdir())
     print(f"wrote {count} images to {folder} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -22,23 +22,33 @@ def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]
 
 
 @torch.no_grad()
-def predict_eps(model: nn.Module, x_t: torch.Tensor, t: int, labels: torch.Tensor, guidance: float) -> torch.Tensor:
-    """eps_theta(x_t, t, y) with classifier-free guidance; w = 0 runs the conditional model alone."""
+def predict_eps(model: nn.Module, x_t: torch.Tensor, t: int, labels: torch.Tensor, guidance: float,
+                eps_uncond: torch.Tensor | None = None) -> torch.Tensor:
+    """eps_theta(x_t, t, y) with classifier-free guidance; w = 0 runs the conditional model alone. A given
+    `eps_uncond` is used instead of running the unconditional model (see sample_diffusion's uncond_every)."""
+    return predict_eps_parts(model, x_t, t, labels, guidance, eps_uncond)[0]
+
+
+def predict_eps_parts(model: nn.Module, x_t: torch.Tensor, t: int, labels: torch.Tensor, guidance: float,
+                      eps_uncond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(guided eps, the eps_uncond it used), so that a sampler can reuse eps_uncond on the next step."""
     tt = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
     if guidance == 0:
-        return model(x_t, tt, labels).float()
+        return model(x_t, tt, labels).float(), None
+    if eps_uncond is not None:
+        return guided_eps(model(x_t, tt, labels).float(), eps_uncond, guidance), eps_uncond
     null = torch.full_like(labels, model.config.null_class)
     eps = model(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([labels, null])).float()
     eps_cond, eps_uncond = eps.chunk(2)
-    return guided_eps(eps_cond, eps_uncond, guidance)
+    return guided_eps(eps_cond, eps_uncond, guidance), eps_uncond
 
 
 @torch.no_grad()
 def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, seed: int = 0,
                      sampler: str = "ddim", steps: int = 50, eta: float = 0.0, guidance: float = 2.0,
-                     batch_size: int = 500, device: str | torch.device = "cpu", amp: bool = True,
+                     batch_size: int = 200, device: str | torch.device = "cpu", amp: bool = True,
                      keep: tuple[int, ...] = (), progress: Callable[[int, int], None] | None = None,
-                     guidance_interval: tuple[int, int] | None = None,
+                     guidance_interval: tuple[int, int] | None = None, uncond_every: int = 1,
                      ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Generate one image per label, in [-1, 1] on the CPU (N, C, H, W).
 
@@ -46,9 +56,15 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
     `keep` lists timesteps whose x_t (before the step from t) is returned too, as {t: (N, C, H, W)}: the
     reverse-process figure. `guidance_interval=(lo, hi)` applies guidance only for lo <= t <= hi and runs the
     conditional model alone elsewhere (Kynkaanniemi et al. 2024): one network call instead of two on those steps.
+    `uncond_every=k` runs the unconditional model on every k-th guided step only and reuses its last eps_uncond in
+    between (it changes little from one DDIM step to the next): k = 2 makes 1.5 network calls per step instead of 2.
+    k = 1 is exact classifier-free guidance. The default batch_size (200, so 400 through the network with
+    guidance) is the fastest on a 2-core CPU: 1000 at once is 1.4x slower per image (caches).
     """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"sampler={sampler!r}; choose 'ddpm' or 'ddim'")
+    if uncond_every < 1:
+        raise ValueError(f"uncond_every={uncond_every} must be >= 1 (1: the unconditional model on every step)")
     c, size = model.config.in_channels, model.config.image_size
     timesteps = list(range(schedule.num_timesteps - 1, -1, -1)) if sampler == "ddpm" else \
         ddim_timesteps(schedule.num_timesteps, steps)
@@ -61,12 +77,15 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
         y = labels[start:start + batch_size].to(device)
         gens = image_generators(seed, start, len(y))
         x = per_image_noise(gens, (c, size, size)).to(device)  # x_T
+        eps_uncond, guided_steps = None, 0
         for i, t in enumerate(timesteps):
             if t in kept:
                 kept[t].append(x.float().cpu())  # x_t before the step from t
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
                 in_interval = guidance_interval is None or guidance_interval[0] <= t <= guidance_interval[1]
-                eps = predict_eps(model, x, t, y, guidance if in_interval else 0.0)
+                reuse = eps_uncond if guided_steps % uncond_every else None
+                eps, eps_uncond = predict_eps_parts(model, x, t, y, guidance if in_interval else 0.0, reuse)
+                guided_steps += eps_uncond is not None
             noise = per_image_noise(gens, (c, size, size)).to(device) if needs_noise and t > 0 else None
             if sampler == "ddpm":
                 x = ddpm_step(schedule, x, t, eps, noise)

@@ -120,7 +120,7 @@ def classify(model: torch.nn.Module, image: Image.Image) -> tuple[np.ndarray, st
 def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: torch.Tensor, seed: int = 0,
                     sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                     guidance: float | None = None, keep: tuple[int, ...] = (), progress=None,
-                    guidance_interval: tuple[int, int] | None = None):
+                    guidance_interval: tuple[int, int] | None = None, uncond_every: int | None = None):
     """Class-conditional digits in [-1, 1] from a diffusion checkpoint; unset options use the checkpoint's own
     sampling defaults. Returns (images, {t: x_t}) like sampling.sample_diffusion."""
     from dlcv.config import from_dict
@@ -136,6 +136,7 @@ def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: to
                             eta=defaults.get("eta", 0.0) if eta is None else eta,
                             guidance=defaults.get("guidance", 0.0) if guidance is None else guidance,
                             guidance_interval=guidance_interval or _interval(defaults.get("guidance_interval")),
+                            uncond_every=uncond_every or int(defaults.get("uncond_every", 1)),
                             keep=keep, progress=progress)
 
 

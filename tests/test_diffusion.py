@@ -90,6 +90,23 @@ def test_ddim_eta0_is_deterministic_and_batch_independent():
     assert d.shape == a.shape and set(kept) == {49, 10} and kept[49].shape == a.shape
 
 
+def test_uncond_every_reuses_the_unconditional_eps():
+    model, s = tiny_model(), NoiseSchedule(ScheduleConfig(num_timesteps=50))
+    labels = torch.tensor([0, 1, 2])
+    calls: list[int] = []  # batch sizes through the network
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    exact, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False)
+    assert calls == [6] * 6  # conditional + unconditional on every step
+    calls.clear()
+    reused, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, uncond_every=2)
+    assert calls == [6, 3] * 3  # the unconditional half runs on steps 0, 2, 4 only
+    assert reused.shape == exact.shape and not torch.allclose(reused, exact)
+    again, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, uncond_every=1)
+    assert torch.equal(again, exact)
+    with pytest.raises(ValueError, match="uncond_every=0 must be >= 1"):
+        sample_diffusion(model, s, labels, uncond_every=0)
+
+
 def test_unknown_sampler_and_bad_steps():
     model, s = tiny_model(), NoiseSchedule(ScheduleConfig(num_timesteps=50))
     with pytest.raises(ValueError, match="choose 'ddpm' or 'ddim'"):
