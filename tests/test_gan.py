@@ -38,6 +38,16 @@ def test_generator_and_discriminator_shapes(image_size, num_classes):
         assert (class_logits is None) if num_classes == 0 else class_logits.shape == (2, num_classes)
 
 
+def test_class_head_can_stay_out_of_spectral_norm():
+    from torch.nn.utils.parametrize import is_parametrized
+
+    config = DiscriminatorConfig(image_size=28, width=4, num_classes=10, norm="none", spectral_norm=True)
+    d = Discriminator(config)
+    assert is_parametrized(d.head, "weight") and is_parametrized(d.class_head, "weight")
+    free = Discriminator(DiscriminatorConfig(**{**config.__dict__, "class_head_spectral_norm": False}))
+    assert is_parametrized(free.head, "weight") and not is_parametrized(free.class_head, "weight")
+
+
 def test_conditional_generator_uses_the_label_and_needs_one():
     for conditioning in ("concat", "multiply"):
         generator = Generator(GeneratorConfig(image_size=28, width=4, num_classes=10, conditioning=conditioning)).eval()
@@ -230,3 +240,10 @@ def test_acgan_faces_needs_the_attribute(tiny_faces, tmp_path):
     cfg = tiny_gan("acgan_faces", tiny_faces, tmp_path, "--data.attribute=")
     with pytest.raises(ValueError, match="needs labels"):
         train(cfg)
+
+
+def test_acgan_real_only_class_loss_and_free_class_head_train(tiny_digits, tmp_path):
+    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.aux_fake=false", "--method.class_head_sn=false")
+    generator, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    assert meta["run"]["method"]["aux_fake"] is False and meta["run"]["method"]["class_head_sn"] is False
+    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()

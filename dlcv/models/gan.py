@@ -99,6 +99,7 @@ class DiscriminatorConfig:
     num_classes: int = 0  # > 0: an auxiliary class head (ACGAN)
     norm: Literal["batch", "layer", "none"] = "batch"  # WGAN-GP needs no batch norm (the penalty is per sample)
     spectral_norm: bool = False  # Miyato et al. 2018 (SNGAN)
+    class_head_spectral_norm: bool = True  # False: the class head stays free, so its logits can grow confident
 
     def __post_init__(self) -> None:
         check_choice("discriminator image_size", self.image_size, tuple(START_SIZE))
@@ -128,7 +129,7 @@ class Discriminator(nn.Module):
         self.apply(dcgan_init)
         if config.spectral_norm:  # after the init: the parametrisation starts its power iteration from these weights
             for module in self.modules():
-                if isinstance(module, nn.Conv2d):
+                if isinstance(module, nn.Conv2d) and (module is not self.class_head or config.class_head_spectral_norm):
                     spectral_norm(module)
 
     def _norm(self, channels: int) -> nn.Module:

@@ -44,6 +44,9 @@ class GANMethod:
     gp_weight: float = 10.0  # lambda of the gradient penalty (loss="wgan_gp")
     diffaugment: str = ""  # e.g. "color,translation,cutout"
     aux_weight: float = 1.0  # weight of ACGAN's class loss (model.num_classes > 0)
+    aux_fake: bool = True  # D's class loss on fakes too (Odena et al. 2017); False: real only, so D's classifier
+    # does not learn G's mistakes as the truth
+    class_head_sn: bool = True  # spectral norm on D's class head too (when spectral_norm)
 
     def __post_init__(self) -> None:
         check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
@@ -123,7 +126,8 @@ def discriminator_config(cfg: RunConfig, method: GANMethod) -> DiscriminatorConf
     """D mirrors G's image shape and classes; its width and regularisation come from cfg.method."""
     return DiscriminatorConfig(image_size=cfg.model.image_size, channels=cfg.model.channels,
                                width=method.d_width or cfg.model.width, num_classes=cfg.model.num_classes,
-                               norm=method.d_norm, spectral_norm=method.spectral_norm)
+                               norm=method.d_norm, spectral_norm=method.spectral_norm,
+                               class_head_spectral_norm=method.class_head_sn)
 
 
 def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
@@ -202,8 +206,11 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
                 d_loss = d_loss + method.gp_weight * gp
                 step_metrics["gp"] = gp
             if num_classes > 0:  # ACGAN: D also classifies real and fake images
-                d_loss = d_loss + method.aux_weight * auxiliary_class_loss(torch.cat([real_class, fake_class]),
-                                                                           torch.cat([y, y_fake]))
+                if method.aux_fake:
+                    d_loss = d_loss + method.aux_weight * auxiliary_class_loss(torch.cat([real_class, fake_class]),
+                                                                               torch.cat([y, y_fake]))
+                else:
+                    d_loss = d_loss + method.aux_weight * auxiliary_class_loss(real_class, y)
                 step_metrics["real_class_acc"] = (real_class.argmax(1) == y).float().mean()
             d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
