@@ -12,6 +12,7 @@ from PIL import Image
 from dlcv import hub
 from dlcv.config import apply_overrides, from_dict
 from dlcv.losses import auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
+from dlcv.models import build_model
 from dlcv.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from dlcv.presets import get_preset
 from dlcv.sampling import sample_gan
@@ -247,3 +248,23 @@ def test_acgan_real_only_class_loss_and_free_class_head_train(tiny_digits, tmp_p
     generator, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
     assert meta["run"]["method"]["aux_fake"] is False and meta["run"]["method"]["class_head_sn"] is False
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
+
+
+def test_acgan_with_a_frozen_teacher_classifier(tiny_digits, tmp_path):
+    from dlcv.models.classifier import ClassifierConfig
+
+    teacher = build_model("classifier", ClassifierConfig(in_channels=3, image_size=28, num_classes=10, width=4))
+    hub.save(teacher, tmp_path / "teacher", {})
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'teacher'}",
+                   "--method.teacher_weight=0.5", "--train.log_every=1")
+    train(cfg, out=tmp_path / "ckpt")
+    lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= line["teacher_acc"] <= 1 for line in lines)
+    reloaded, _ = hub.load(tmp_path / "teacher")
+    assert all(torch.equal(before[k], v) for k, v in reloaded.state_dict().items())  # frozen: file untouched
+    wrong = build_model("classifier", ClassifierConfig(in_channels=3, image_size=28, num_classes=3, width=4))
+    hub.save(wrong, tmp_path / "wrong", {})
+    with pytest.raises(ValueError, match="predicts 3 classes but the generator has 10"):
+        train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'wrong'}",
+                       "--name=wrong"), out=tmp_path / "w")

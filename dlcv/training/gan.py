@@ -47,6 +47,10 @@ class GANMethod:
     aux_fake: bool = True  # D's class loss on fakes too (Odena et al. 2017); False: real only, so D's classifier
     # does not learn G's mistakes as the truth
     class_head_sn: bool = True  # spectral norm on D's class head too (when spectral_norm)
+    # a frozen classifier checkpoint (e.g. checkpoints/classifier_digits_mnistm, trained on the same training labels):
+    # G also minimises its cross-entropy on G(z, y), so class fidelity does not hang on D's jointly trained head alone
+    teacher: str = ""
+    teacher_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
@@ -159,6 +163,15 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
         # buffers (batch-norm running statistics) are averaged too, so they match the averaged weights
         ema = ema_copy(generator, cfg.train.ema_decay)
         modules["ema"] = ema
+    teacher = None
+    if method.teacher:
+        if num_classes <= 0:
+            raise ValueError("method.teacher needs a class-conditional GAN (model.num_classes > 0)")
+        teacher, _ = hub.load(method.teacher)
+        if getattr(teacher.config, "num_classes", None) != num_classes:
+            raise ValueError(f"method.teacher={method.teacher} predicts {getattr(teacher.config, 'num_classes', '?')} "
+                             f"classes but the generator has {num_classes}; use a classifier of the same classes")
+        teacher = teacher.to(device).eval().requires_grad_(False)  # never trained here
     start, _ = load_state(cfg, modules)
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
@@ -227,6 +240,11 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             g_loss = losses.g_loss(fake_logits)
             if num_classes > 0:
                 g_loss = g_loss + method.aux_weight * auxiliary_class_loss(fake_class, y_fake)
+            if teacher is not None:
+                with autocast(device, cfg.train.amp):
+                    teacher_logits = teacher(fake).float()
+                g_loss = g_loss + method.teacher_weight * auxiliary_class_loss(teacher_logits, y_fake)
+                step_metrics["teacher_acc"] = (teacher_logits.argmax(1) == y_fake).float().mean()
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
