@@ -167,7 +167,12 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
     if method.teacher:
         if num_classes <= 0:
             raise ValueError("method.teacher needs a class-conditional GAN (model.num_classes > 0)")
-        teacher, _ = hub.load(method.teacher)
+        from dlcv.service import checkpoints_root
+
+        folder = Path(method.teacher)
+        if not folder.is_absolute() and not folder.is_dir():  # "checkpoints/x" from outside the checkout, or "x"
+            folder = checkpoints_root() / folder.name
+        teacher, _ = hub.load(folder)
         if getattr(teacher.config, "num_classes", None) != num_classes:
             raise ValueError(f"method.teacher={method.teacher} predicts {getattr(teacher.config, 'num_classes', '?')} "
                              f"classes but the generator has {num_classes}; use a classifier of the same classes")
