@@ -232,7 +232,7 @@ def build() -> gr.Blocks:
                 count = gr.Slider(1, 20, 10, step=1, label="count")
                 seed = gr.Number(0, precision=0, label="seed")
             with gr.Row():
-                guidance = gr.Slider(0, 8, 3, step=0.5, label="guidance weight w (diffusion)")
+                guidance = gr.Slider(0, 8, 4, step=0.5, label="guidance weight w (diffusion; 4 = the shipped default)")
                 sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="sampler")
                 steps = gr.Slider(5, 200, 25, step=1, label="DDIM steps")
             button = gr.Button("Generate", variant="primary")
