@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlcv.config import apply_overrides  # noqa: E402
 from dlcv.data.images import read_csv  # noqa: E402
+from dlcv.data.loaders import infinite  # noqa: E402
 from dlcv.models import build_model  # noqa: E402
 from dlcv.presets import get_preset  # noqa: E402
 from dlcv.training import train  # noqa: E402
@@ -58,20 +59,12 @@ def reference_steps_per_s(args: argparse.Namespace) -> float:
     method = DANN(model, {}, cfg.train)
     loaders = [DataLoader(PngDigits(args.data, d), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
                for d in ("mnistm", "usps")]
-    iters = [iter(loader) for loader in loaders]
-
-    def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return next(iters[i])
-        except StopIteration:  # a new epoch (USPS train has 102 batches of 64), as a plain loop would start
-            iters[i] = iter(loaders[i])
-            return next(iters[i])
-
+    iters = [infinite(loader) for loader in loaders]  # a new epoch when one runs out (USPS: 102 batches of 64)
     start = None
     for step in range(args.ref_steps + 5):
         if step == 5:  # the first steps warm up allocators and kernels
             start = time.perf_counter()
-        (x_src, y_src), (x_tgt, _) = batch(0), batch(1)
+        (x_src, y_src), (x_tgt, _) = (next(it) for it in iters)
         method.update(x_src, y_src, x_tgt)
     return args.ref_steps / (time.perf_counter() - start)
 
