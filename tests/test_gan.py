@@ -18,7 +18,7 @@ from dlcv.presets import get_preset
 from dlcv.sampling import sample_gan
 from dlcv.training import train
 from dlcv.training.common import run_dir
-from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment
+from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment, lr_factor
 
 # ---------------------------------------------------------------- models
 
@@ -250,21 +250,46 @@ def test_acgan_real_only_class_loss_and_free_class_head_train(tiny_digits, tmp_p
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
 
 
-def test_acgan_with_a_frozen_teacher_classifier(tiny_digits, tmp_path):
+def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
     from dlcv.models.classifier import ClassifierConfig
 
-    teacher = build_model("classifier", ClassifierConfig(in_channels=3, image_size=28, num_classes=10, width=4))
-    hub.save(teacher, tmp_path / "teacher", {})
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'teacher'}",
-                   "--method.teacher_weight=0.5", "--train.log_every=1")
+    before = {}
+    for name, kind in (("teacher", "convnet"), ("lenet", "lenet")):  # two teachers: their mean cross-entropy
+        teacher = build_model("classifier", ClassifierConfig(kind=kind, in_channels=3, image_size=28,
+                                                             num_classes=10, width=4))
+        hub.save(teacher, tmp_path / name, {})
+        before[name] = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path,
+                   f"--method.teacher={tmp_path / 'teacher'},{tmp_path / 'lenet'}",
+                   "--method.teacher_weight=0.5", "--method.teacher_augment=color,translation", "--train.log_every=1")
     train(cfg, out=tmp_path / "ckpt")
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= line["teacher_acc"] <= 1 for line in lines)
-    reloaded, _ = hub.load(tmp_path / "teacher")
-    assert all(torch.equal(before[k], v) for k, v in reloaded.state_dict().items())  # frozen: file untouched
+    for name, state in before.items():
+        reloaded, _ = hub.load(tmp_path / name)
+        assert all(torch.equal(state[k], v) for k, v in reloaded.state_dict().items())  # frozen: file untouched
     wrong = build_model("classifier", ClassifierConfig(in_channels=3, image_size=28, num_classes=3, width=4))
     hub.save(wrong, tmp_path / "wrong", {})
+    with pytest.raises(ValueError, match="method.teacher_augment entry"):
+        train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'teacher'}",
+                       "--method.teacher_augment=rotate", "--name=bad_augment"), out=tmp_path / "b")
     with pytest.raises(ValueError, match="predicts 3 classes but the generator has 10"):
         train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'wrong'}",
                        "--name=wrong"), out=tmp_path / "w")
+
+
+def test_linear_lr_decay_schedule_and_option():
+    assert [lr_factor(s, 100, 0.5) for s in (0, 49, 50, 75, 100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+    assert lr_factor(99, 100, 1.0) == 1.0  # 1.0: constant
+    assert lr_factor(0, 100, 0.0) == 1.0 and lr_factor(50, 100, 0.0) == 0.5  # 0.0: decay from the first step
+    with pytest.raises(ValueError, match="lr_decay_from"):
+        GANMethod(lr_decay_from=1.5)
+
+
+def test_gan_with_lr_decay_trains(tiny_digits, tmp_path):
+    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.lr_decay_from=0.0")
+    generator, _ = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    state = torch.load(run_dir(cfg) / "state.pt", map_location="cpu", weights_only=True)
+    # the last step ran at lr * 1/steps: the saved optimizers hold a decayed rate, below the configured one
+    assert state["modules"]["g_opt"]["param_groups"][0]["lr"] < cfg.train.lr
+    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()

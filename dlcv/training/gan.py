@@ -47,17 +47,27 @@ class GANMethod:
     aux_fake: bool = True  # D's class loss on fakes too (Odena et al. 2017); False: real only, so D's classifier
     # does not learn G's mistakes as the truth
     class_head_sn: bool = True  # spectral norm on D's class head too (when spectral_norm)
-    # a frozen classifier checkpoint (e.g. checkpoints/classifier_digits_mnistm, trained on the same training labels):
-    # G also minimises its cross-entropy on G(z, y), so class fidelity does not hang on D's jointly trained head alone
+    # frozen classifier checkpoints, comma-separated (e.g. checkpoints/classifier_digits_mnistm, trained on the same
+    # training labels): G also minimises their mean cross-entropy on G(z, y), so class fidelity does not hang on D's
+    # jointly trained head alone; several teachers of different architectures leave G fewer one-model blind spots
     teacher: str = ""
     teacher_weight: float = 1.0
+    # a DiffAugment policy on G(z, y) before the teachers (e.g. "color,translation"): the class must survive small
+    # shifts and colour changes, a margin in input space that other classifiers are more likely to share
+    teacher_augment: str = ""
+    # both learning rates decay linearly to 0 from this fraction of train.steps on (Miyato et al. 2018's SNGAN
+    # schedule), so late training settles instead of drifting between modes; 1.0: constant learning rates
+    lr_decay_from: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
-        for policy in filter(None, self.diffaugment.split(",")):
-            check_choice("method.diffaugment entry", policy, tuple(AUGMENTS))
+        for name, policies in (("diffaugment", self.diffaugment), ("teacher_augment", self.teacher_augment)):
+            for policy in filter(None, policies.split(",")):
+                check_choice(f"method.{name} entry", policy, tuple(AUGMENTS))
         if self.label_smoothing and self.loss != "dcgan":
             raise ValueError("method.label_smoothing applies to method.loss='dcgan' only; set it to 0")
+        if not 0.0 <= self.lr_decay_from <= 1.0:
+            raise ValueError(f"method.lr_decay_from={self.lr_decay_from} must be in [0, 1] (1: no decay)")
         if self.n_critic < 1 or self.g_steps < 1:
             raise ValueError(f"method.n_critic and method.g_steps must be >= 1, got {self.n_critic}, {self.g_steps}")
 
@@ -134,6 +144,29 @@ def discriminator_config(cfg: RunConfig, method: GANMethod) -> DiscriminatorConf
                                class_head_spectral_norm=method.class_head_sn)
 
 
+def lr_factor(step: int, total: int, decay_from: float) -> float:
+    """1 until decay_from * total steps, then linear to 0 at `total`; a function of the step, so resuming needs no
+    scheduler state."""
+    start = decay_from * total
+    return 1.0 if step < start or total <= start else max(0.0, (total - step) / (total - start))
+
+
+def load_teacher(path: str, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """One frozen classifier of method.teacher, checked to predict the generator's classes."""
+    if num_classes <= 0:
+        raise ValueError("method.teacher needs a class-conditional GAN (model.num_classes > 0)")
+    from dlcv.service import checkpoints_root
+
+    folder = Path(path.strip())
+    if not folder.is_absolute() and not folder.is_dir():  # "checkpoints/x" from outside the checkout, or "x"
+        folder = checkpoints_root() / folder.name
+    teacher, _ = hub.load(folder)
+    if getattr(teacher.config, "num_classes", None) != num_classes:
+        raise ValueError(f"method.teacher entry {path} predicts {getattr(teacher.config, 'num_classes', '?')} "
+                         f"classes but the generator has {num_classes}; use a classifier of the same classes")
+    return teacher.to(device).eval().requires_grad_(False)  # never trained here
+
+
 def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
     """Train G against D; ship G (its EMA when train.ema_decay > 0) to `out` or runs/<name>/checkpoint; return it.
 
@@ -163,20 +196,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
         # buffers (batch-norm running statistics) are averaged too, so they match the averaged weights
         ema = ema_copy(generator, cfg.train.ema_decay)
         modules["ema"] = ema
-    teacher = None
-    if method.teacher:
-        if num_classes <= 0:
-            raise ValueError("method.teacher needs a class-conditional GAN (model.num_classes > 0)")
-        from dlcv.service import checkpoints_root
-
-        folder = Path(method.teacher)
-        if not folder.is_absolute() and not folder.is_dir():  # "checkpoints/x" from outside the checkout, or "x"
-            folder = checkpoints_root() / folder.name
-        teacher, _ = hub.load(folder)
-        if getattr(teacher.config, "num_classes", None) != num_classes:
-            raise ValueError(f"method.teacher={method.teacher} predicts {getattr(teacher.config, 'num_classes', '?')} "
-                             f"classes but the generator has {num_classes}; use a classifier of the same classes")
-        teacher = teacher.to(device).eval().requires_grad_(False)  # never trained here
+    teachers = [load_teacher(path, num_classes, device) for path in filter(None, method.teacher.split(","))]
     start, _ = load_state(cfg, modules)
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
@@ -206,7 +226,12 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
     reuse = method.n_critic == 1 and method.g_steps == 1
     generator.train()
     discriminator.train()
+    base_lrs = [(g_opt, cfg.train.lr), (d_opt, method.d_lr or cfg.train.lr)]  # from the config: a resumed
+    # optimizer's param_groups hold the decayed rate it was saved with
     for step in bar:
+        if method.lr_decay_from < 1.0:
+            for opt, lr in base_lrs:
+                opt.param_groups[0]["lr"] = lr * lr_factor(step, cfg.train.steps, method.lr_decay_from)
         noise_std = method.instance_noise * max(0.0, 1.0 - step / max(1, cfg.train.steps))
         for _ in range(method.n_critic):  # (1) update D: tell real from G(z)
             x, y = next(batches)
@@ -245,11 +270,15 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             g_loss = losses.g_loss(fake_logits)
             if num_classes > 0:
                 g_loss = g_loss + method.aux_weight * auxiliary_class_loss(fake_class, y_fake)
-            if teacher is not None:
+            if teachers:
                 with autocast(device, cfg.train.amp):
-                    teacher_logits = teacher(fake).float()
-                g_loss = g_loss + method.teacher_weight * auxiliary_class_loss(teacher_logits, y_fake)
-                step_metrics["teacher_acc"] = (teacher_logits.argmax(1) == y_fake).float().mean()
+                    shown = diff_augment(fake, method.teacher_augment)
+                    teacher_logits = [teacher(shown).float() for teacher in teachers]
+                teacher_loss = sum(auxiliary_class_loss(logits, y_fake) for logits in teacher_logits) / len(teachers)
+                g_loss = g_loss + method.teacher_weight * teacher_loss
+                # the share of G(z, y) that every teacher reads as y
+                step_metrics["teacher_acc"] = torch.stack([logits.argmax(1) == y_fake
+                                                           for logits in teacher_logits]).all(0).float().mean()
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
