@@ -53,10 +53,12 @@ class GANMethod:
     teacher: str = ""
     teacher_weight: float = 1.0
     # a DiffAugment policy on G(z, y) before the teachers (e.g. "color,translation"): the class must survive small
-    # shifts and colour changes, a margin in input space that other classifiers are more likely to share
+    # shifts and colour changes, a margin in input space that other classifiers may share (on acgan_digits it cost
+    # diversity and gained nothing: RESULTS.md)
     teacher_augment: str = ""
     # both learning rates decay linearly to 0 from this fraction of train.steps on (Miyato et al. 2018's SNGAN
-    # schedule), so late training settles instead of drifting between modes; 1.0: constant learning rates
+    # schedule), meant to let late training settle instead of drifting between modes (on acgan_digits it did not:
+    # RESULTS.md); 1.0: constant learning rates
     lr_decay_from: float = 1.0
 
     def __post_init__(self) -> None:
