@@ -2,6 +2,7 @@
 2-step runs of the GAN presets that write loadable checkpoints and resume."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from PIL import Image
 
 from dlcv import hub
 from dlcv.config import apply_overrides, from_dict
-from dlcv.losses import auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
+from dlcv.losses import (auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, mode_seeking_loss,
+                         wasserstein_losses)
 from dlcv.models import build_model
 from dlcv.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from dlcv.presets import get_preset
@@ -292,4 +294,21 @@ def test_gan_with_lr_decay_trains(tiny_digits, tmp_path):
     state = torch.load(run_dir(cfg) / "state.pt", map_location="cpu", weights_only=True)
     # the last step ran at lr * 1/steps: the saved optimizers hold a decayed rate, below the configured one
     assert state["modules"]["g_opt"]["param_groups"][0]["lr"] < cfg.train.lr
+    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
+
+
+def test_mode_seeking_loss_punishes_collapse():
+    z = torch.randn(8, 16)
+    collapsed = torch.zeros(8, 3, 4, 4)  # every code -> one image: the ratio is 0, the loss 1 / eps
+    varied = torch.cat([torch.full((4, 3, 4, 4), -1.0), torch.full((4, 3, 4, 4), 1.0)])
+    assert mode_seeking_loss(collapsed, z) > 1e4 > mode_seeking_loss(varied, z)
+    with pytest.raises(ValueError, match="mode_seeking"):
+        GANMethod(mode_seeking=-1.0)
+
+
+def test_acgan_with_mode_seeking_trains(tiny_digits, tmp_path):
+    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.mode_seeking=1.0", "--train.log_every=1")
+    generator, _ = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(line["mode_seeking"]) and line["mode_seeking"] > 0 for line in lines)
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()

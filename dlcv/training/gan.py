@@ -16,7 +16,8 @@ from tqdm import tqdm
 from dlcv import hub
 from dlcv.config import RunConfig, check_choice, from_dict, to_dict
 from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range, to_model_range
-from dlcv.losses import auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
+from dlcv.losses import (auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, mode_seeking_loss,
+                         wasserstein_losses)
 from dlcv.models import build_model
 from dlcv.models.gan import Discriminator, DiscriminatorConfig
 from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
@@ -60,6 +61,9 @@ class GANMethod:
     # schedule), meant to let late training settle instead of drifting between modes (on acgan_digits it did not:
     # RESULTS.md); 1.0: constant learning rates
     lr_decay_from: float = 1.0
+    # weight of the mode-seeking term (Mao et al. 2019): G(z1, y) and G(z2, y) must differ in proportion to z1 - z2,
+    # against the within-class collapse that teachers invite (each class's samples drift towards its easiest style)
+    mode_seeking: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
@@ -68,6 +72,8 @@ class GANMethod:
                 check_choice(f"method.{name} entry", policy, tuple(AUGMENTS))
         if self.label_smoothing and self.loss != "dcgan":
             raise ValueError("method.label_smoothing applies to method.loss='dcgan' only; set it to 0")
+        if self.mode_seeking < 0:
+            raise ValueError(f"method.mode_seeking={self.mode_seeking} must be >= 0 (0: off)")
         if not 0.0 <= self.lr_decay_from <= 1.0:
             raise ValueError(f"method.lr_decay_from={self.lr_decay_from} must be in [0, 1] (1: no decay)")
         if self.n_critic < 1 or self.g_steps < 1:
@@ -208,7 +214,12 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
 
     def noise(b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = torch.randn(b, generator.z_dim, device=device)
-        return z, torch.randint(0, num_classes, (b,), device=device) if num_classes > 0 else None
+        if num_classes == 0:
+            return z, None
+        y = torch.randint(0, num_classes, (b,), device=device)
+        if method.mode_seeking > 0:  # the mode-seeking pairs (i, i + b//2) share a class
+            y[b // 2:2 * (b // 2)] = y[:b // 2]
+        return z, y
 
     def discriminate(x: torch.Tensor, noise_std: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """D on what it is shown: DiffAugment, then instance noise; float32 outputs for the losses."""
@@ -281,6 +292,10 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
                 # the share of G(z, y) that every teacher reads as y
                 step_metrics["teacher_acc"] = torch.stack([logits.argmax(1) == y_fake
                                                            for logits in teacher_logits]).all(0).float().mean()
+            if method.mode_seeking > 0:
+                ms_loss = mode_seeking_loss(fake, z)
+                g_loss = g_loss + method.mode_seeking * ms_loss
+                step_metrics["mode_seeking"] = ms_loss
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
