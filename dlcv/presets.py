@@ -137,11 +137,23 @@ PRESETS["classifier_digits_lenet"] = replace(
     _classifier, name="classifier_digits_lenet", model=replace(_classifier.model, kind="lenet"),
     train=replace(_classifier.train, steps=2000))
 
+# the same two architectures trained on `mnistm_synth` (MNIST digits on BSDS500 patches, as Ganin & Lempitsky made
+# MNIST-M; `data prepare --synth-mnistm 50000`): other training digits, so other blind spots than the real-data teachers
+_lenet = PRESETS["classifier_digits_lenet"]
+PRESETS["classifier_digits_lenet_synth"] = replace(
+    _lenet, name="classifier_digits_lenet_synth", data=replace(_lenet.data, domain="mnistm_synth"),
+    train=replace(_lenet.train, steps=6000))
+PRESETS["classifier_digits_synth"] = replace(
+    _classifier, name="classifier_digits_synth", data=replace(_classifier.data, domain="mnistm_synth"))
+
 # the shipped acgan_digits: the same ACGAN plus the mean cross-entropy of frozen MNIST-M classifiers on G(z, y) in G's
 # loss (trained on the training labels only), because D's jointly trained class head (0.91 on real digits) capped
-# class fidelity; teachers of two architectures leave fewer digits that one network reads as y and another does not
+# class fidelity; teachers of two architectures and two training sets leave fewer digits that one network reads as y
+# and another does not
 _acgan = PRESETS["acgan_digits"]
-TEACHERS = ("checkpoints/classifier_digits_mnistm", *(f"checkpoints/classifier_digits_lenet_s{s}" for s in (1, 2, 6, 7)))
+TEACHERS = ("checkpoints/classifier_digits_mnistm", *(f"checkpoints/classifier_digits_lenet_s{s}" for s in (1, 2, 6, 7)),
+            "checkpoints/classifier_digits_lenet_synth_s0", "checkpoints/classifier_digits_lenet_synth_s1",
+            "checkpoints/classifier_digits_synth_s0")
 PRESETS["acgan_digits_teacher"] = replace(
     _acgan, name="acgan_digits_teacher", train=replace(_acgan.train, steps=32000, snapshot_every=2000),
     method={**_acgan.method, "teacher": ",".join(TEACHERS)})
