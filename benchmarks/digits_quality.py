@@ -5,6 +5,11 @@ and draws the figures (10x10 grid, reverse process of the first "0", accuracy/FI
 
     python benchmarks/digits_quality.py checkpoints/ddpm_digits --sweep 0,0.5,1,2,3,4 --figures docs/figures
     python benchmarks/digits_quality.py checkpoints/acgan_digits --figures docs/figures --write-metrics
+    python benchmarks/digits_quality.py checkpoints/acgan_digits --seeds 1-10     # + how the floor holds over seeds
+
+Each row also has `spread`: per class, the median distance from a sample to its nearest same-class sample (pixels in
+[0, 1]; `dlcv.metrics.within_class_spread`), next to the same figure for the real reference digits: near-copies
+(within-class collapse) show there even when the digit-FID does not.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dlcv import hub, service
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_image_range
 from dlcv.diffusion import ddim_timesteps
-from dlcv.metrics import digit_scores, embed
+from dlcv.metrics import digit_scores, embed, within_class_spread
 from dlcv.sampling import sample_gan
 from dlcv.viz import plot_guidance_curve, save_grid, save_strip
 
@@ -52,23 +57,26 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="comma-separated guidance weights (diffusion only)")
     parser.add_argument("--figures", default="", help="folder for the figures")
     parser.add_argument("--write-metrics", action="store_true", help="store the default-setting scores in config.json")
+    parser.add_argument("--seeds", default="", metavar="A-B|A,B,...",
+                        help="also score the default setting at these seeds: accuracy and lowest class per seed")
     args = parser.parse_args()
 
     classifier = hub.load_course_classifier(args.classifier)
-    reference_features = embed(classifier, reference_digits(args.data))  # once, not per guidance weight
+    reference = reference_digits(args.data)
+    reference_features = embed(classifier, reference)  # once, not per guidance weight
     model, document = service.load(args.checkpoint)
     labels = torch.arange(10).repeat_interleave(100)
     name = Path(args.checkpoint).name
     figures = Path(args.figures) if args.figures else None
 
-    def generate(guidance: float | None = None, keep: tuple[int, ...] = ()):
+    def generate(guidance: float | None = None, keep: tuple[int, ...] = (), seed: int = args.seed):
         start = time.perf_counter()
         if document["architecture"] == "unet":
-            images, kept = service.generate_digits(model, document, labels, seed=args.seed, guidance=guidance,
+            images, kept = service.generate_digits(model, document, labels, seed=seed, guidance=guidance,
                                                    keep=keep, guidance_interval=interval,
                                                    uncond_every=args.uncond_every)
         else:
-            images, kept = sample_gan(model, len(labels), seed=args.seed, labels=labels), {}
+            images, kept = sample_gan(model, len(labels), seed=seed, labels=labels), {}
         return images, kept, time.perf_counter() - start
 
     default_w = document.get("sampling", {}).get("guidance")
@@ -82,8 +90,10 @@ def main() -> None:
             keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         images, kept, seconds = generate(w, keep)
         scores = digit_scores(classifier, to_uint8(images), labels, reference_features)
+        spread = within_class_spread(to_uint8(images), labels)
         row = {"guidance": w, "accuracy": round(scores["accuracy"], 4), "digit_fid": round(scores["digit_fid"], 3),
-               "per_class": {c: round(a, 3) for c, a in scores["per_class"].items()}, "seconds": round(seconds, 1)}
+               "per_class": {c: round(a, 3) for c, a in scores["per_class"].items()}, "seconds": round(seconds, 1),
+               "spread": {c: round(d, 2) for c, d in spread.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if figures is not None and w == default_w:
@@ -98,6 +108,21 @@ def main() -> None:
             hub.update_metrics(args.checkpoint, {"accuracy": row["accuracy"], "digit_fid": row["digit_fid"],
                                                  "per_class_accuracy": row["per_class"], "guidance": w,
                                                  "measured_with": "benchmarks/digits_quality.py, seed 0, 100 per class"})
+    if rows:  # the reference digits' spread, once
+        print(json.dumps({"reference_spread": {c: round(d, 2)
+                                               for c, d in within_class_spread(reference, labels).items()}}))
+    if args.seeds:
+        lo, _, hi = args.seeds.partition("-")
+        seeds = range(int(lo), int(hi) + 1) if hi else [int(v) for v in args.seeds.split(",")]
+        floors = []
+        for seed in seeds:
+            scores = digit_scores(classifier, to_uint8(generate(default_w, seed=seed)[0]), labels)
+            floors.append((scores["accuracy"], min(scores["per_class"].values())))
+            print(json.dumps({"seed": seed, "accuracy": round(floors[-1][0], 4),
+                              "lowest_class": round(floors[-1][1], 3)}))
+        print(f"seeds {args.seeds}: mean accuracy {sum(a for a, _ in floors) / len(floors):.4f}, lowest class "
+              f"{min(f for _, f in floors):.2f}, no class below 0.95 at {sum(f >= 0.95 for _, f in floors)} of "
+              f"{len(floors)}")
     if figures is not None and len(rows) > 1:
         plot_guidance_curve(rows, figures / f"{name}_guidance.png")
     print("\n| w | accuracy | digit-FID | s |\n| ---: | ---: | ---: | ---: |")

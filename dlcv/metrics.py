@@ -44,6 +44,20 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
     return out
 
 
+def within_class_spread(images: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    """class -> median distance from each uint8 image to the nearest other image of its class (L2, pixels in [0, 1]):
+    a collapse check that needs no feature network; near-copies pull it towards 0."""
+    out = {}
+    for c in labels.unique().tolist():
+        x = images[labels == c].flatten(1).float() / 255
+        if len(x) < 2:
+            continue
+        d = torch.cdist(x, x)
+        d.fill_diagonal_(float("inf"))
+        out[int(c)] = d.min(1).values.median().item()
+    return out
+
+
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017), via torch-fidelity."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric

@@ -312,3 +312,15 @@ def test_acgan_with_mode_seeking_trains(tiny_digits, tmp_path):
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["mode_seeking"]) and line["mode_seeking"] > 0 for line in lines)
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
+
+
+def test_within_class_spread_sees_near_copies():
+    from dlcv.metrics import within_class_spread
+
+    g = torch.Generator().manual_seed(0)
+    varied = torch.randint(0, 256, (6, 3, 4, 4), generator=g, dtype=torch.uint8)
+    copies = varied[:1].repeat(6, 1, 1, 1)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert within_class_spread(copies, labels) == {0: 0.0, 1: 0.0}
+    assert all(d > 0.5 for d in within_class_spread(varied, labels).values())
+    assert within_class_spread(varied[:4], torch.tensor([0, 0, 0, 1])).keys() == {0}  # a lone image has no neighbour
