@@ -47,8 +47,9 @@ def main() -> None:
         print(json.dumps({"classifier": path, "reads_requested": round(agree, 3),
                           "auc_of_course_errors": round(roc_auc_score(course_right, log_p), 3)}))
 
-    reference = embed(course, reference_digits(args.data))
-    for t in [float(v) for v in args.truncation.split(",") if v]:
+    thresholds = [float(v) for v in args.truncation.split(",") if v]
+    reference = embed(course, reference_digits(args.data)) if thresholds else None  # once, for every threshold
+    for t in thresholds:
         for seed in seeds:
             scores = digit_scores(course, to_uint8(sample_gan(generator, 1000, seed=seed, labels=labels, truncation=t)),
                                   labels, reference)

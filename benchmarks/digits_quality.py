@@ -89,8 +89,9 @@ def main() -> None:
             steps = ddim_timesteps(document["schedule"]["num_timesteps"], document["sampling"]["steps"])
             keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         images, kept, seconds = generate(w, keep)
-        scores = digit_scores(classifier, to_uint8(images), labels, reference_features)
-        spread = within_class_spread(to_uint8(images), labels)
+        digits = to_uint8(images)  # what the PNG files hold
+        scores = digit_scores(classifier, digits, labels, reference_features)
+        spread = within_class_spread(digits, labels)
         row = {"guidance": w, "accuracy": round(scores["accuracy"], 4), "digit_fid": round(scores["digit_fid"], 3),
                "per_class": {c: round(a, 3) for c, a in scores["per_class"].items()}, "seconds": round(seconds, 1),
                "spread": {c: round(d, 2) for c, d in spread.items()}}
