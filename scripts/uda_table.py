@@ -2,14 +2,16 @@
 as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdown report, t-SNE figures and shipping.
 
     python scripts/uda_table.py --data data --out runs/uda_table --jobs 12 --steps 6000          # train (resumable)
+    python scripts/uda_table.py --data data --out runs/uda_table_cpu --jobs 2 --steps dann=3000,vada=1000,*=3000  # CPU
     python scripts/uda_table.py --out runs/uda_table --report                                   # tables -> stdout + md
     python scripts/uda_table.py --data data --out runs/uda_table --tsne                         # seed-0 t-SNE PNGs
-    python scripts/uda_table.py --out runs/uda_table --ship checkpoints                         # DANN + VADA ckpts
+    python scripts/uda_table.py --out runs/uda_table --ship checkpoints [--pairs mnist:usps]     # DANN + VADA ckpts
     python scripts/uda_table.py --data data --pack runs/digits.npz   # carry the data (~45 MB) to a GPU machine ...
     python scripts/uda_table.py --unpack runs/digits.npz --data data --jobs 12    # ... rebuild it there, then train
 
-A run whose results/<run>.json exists is skipped, so an interrupted table resumes. Model selection inside each run uses
-source val accuracy only; the oracle (target-val-selected) figure is reported in its own column.
+A run whose results/<run>.json exists is skipped, so an interrupted table resumes; a target-only run is shared by the
+pairs with the same target. Model selection inside each run uses source val accuracy only; the oracle
+(target-val-selected) figure is reported in its own column.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def run_one(run: dict, args: argparse.Namespace) -> dict:
                f"--data.root={args.data}", f"--data.domain={run['source']}", f"--data.target_domain={run['target']}",
                f"--train.seed={run['seed']}", f"--train.out_dir={out / 'runs'}", f"--name={run['name']}",
                "--train.progress=false", f"--train.device={args.device}", *run["overrides"], *args.set]
-    if args.steps:
-        command.append(f"--train.steps={args.steps}")
+    steps = args.steps.get(run["method"], args.steps.get("*"))
+    if steps:
+        command.append(f"--train.steps={steps}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -163,10 +166,43 @@ def unpack(path: str, data: str) -> None:
         print(f"unpacked {folder}/{split}.csv: {len(names)} images", flush=True)
 
 
+def parse_steps(text: str) -> dict[str, int]:
+    """--steps 3000 (every run) or dann=3000,vada=1000 (per method; '*' for the rest) -> {method or '*': steps}."""
+    steps = {}
+    for item in (i for i in text.split(",") if i.strip()):
+        key, _, value = item.rpartition("=")
+        if key and key != "*" and key not in METHODS:
+            raise SystemExit(f"--steps item {item!r}: unknown method {key!r}; choose from {METHODS} or '*'")
+        try:
+            steps[key or "*"] = int(value)
+        except ValueError:
+            raise SystemExit(f"--steps item {item!r} must be N or method=N, e.g. dann=3000,vada=1000") from None
+    return steps
+
+
+def reuse_target_only(run: dict, args: argparse.Namespace) -> bool:
+    """Target-only trains and predicts on the target only (the source's input statistics are stored, never used), so
+    a finished run for the same target, seed, steps and overrides under another source is the same run: record it for
+    this pair too, marked `reused_from`."""
+    if run["method"] != "target_only" or run["variant"] is not None:
+        return False
+    steps = args.steps.get("target_only", args.steps.get("*"))
+    for path in sorted((Path(args.out) / "results").glob(f"target_only_*_to_{run['target']}_s{run['seed']}.json")):
+        rec = json.loads(path.read_text())
+        if (rec.get("returncode") == 0 and rec.get("reused_from") is None and rec["overrides"] == run["overrides"]
+                and (not steps or rec["metrics"]["steps"] == steps) and all(item in rec["command"].split() for item in args.set)):
+            (path.parent / f"{run['name']}.json").write_text(json.dumps(
+                {**rec, **{k: run[k] for k in ("name", "source")}, "reused_from": rec["name"]}, indent=1) + "\n")
+            print(f"{run['name']}: reusing {rec['name']} (target-only does not read the source)", flush=True)
+            return True
+    return False
+
+
 def train_all(args: argparse.Namespace) -> None:
     runs = plan(args)
     warm_cache(runs, args.data)
-    todo = [r for r in runs if not (Path(args.out) / "results" / f"{r['name']}.json").is_file()]
+    todo = [r for r in runs if not (Path(args.out) / "results" / f"{r['name']}.json").is_file()
+            and not reuse_target_only(r, args)]
     print(f"{len(runs)} runs planned, {len(runs) - len(todo)} done already, {len(todo)} to train "
           f"with {args.jobs} jobs", flush=True)
     start, failures = time.perf_counter(), 0
@@ -276,10 +312,12 @@ def tsne(args: argparse.Namespace) -> None:
 
 
 def ship(args: argparse.Namespace) -> None:
-    """Copy, per pair, the DANN and VADA run with the best *source*-val accuracy (never target test; ties go to the
-    lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
+    """Copy, per pair (those of --pairs if given), the DANN and VADA run with the best *source*-val accuracy (never
+    target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
     summary = json.loads((Path(args.out) / "summary.json").read_text())
-    runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["method"] in ("dann", "vada")]
+    wanted = set(parse_pairs(args.pairs)) if args.pairs else None
+    runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["method"] in ("dann", "vada")
+            and (wanted is None or (r["source"], r["target"]) in wanted)]
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
@@ -301,7 +339,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("DLCV_DATA", "data"), help="course-layout root")
     parser.add_argument("--out", default="runs/uda_table")
     parser.add_argument("--jobs", type=int, default=4, help="runs in parallel (subprocesses, one thread each)")
-    parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the presets')")
+    parser.add_argument("--steps", type=parse_steps, default={},
+                        help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--pairs", default="", help="e.g. mnistm:usps,usps:mnistm (default: every prepared pair)")
     parser.add_argument("--seeds", default="0,1,2")

@@ -132,3 +132,46 @@ def test_plot_tsne_writes_a_png(tmp_path):
     labels = torch.tensor([0] * 15 + [1] * 15)
     path = plot_tsne(features, labels, tmp_path / "t.png", "by domain", label_names=["source", "target"])
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _uda_table():
+    """scripts/uda_table.py as a module (scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "uda_table.py"
+    spec = importlib.util.spec_from_file_location("uda_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_uda_table_steps_per_method_and_bad_items():
+    table = _uda_table()
+    assert table.parse_steps("3000") == {"*": 3000}
+    assert table.parse_steps("dann=3000,vada=1000,*=500") == {"dann": 3000, "vada": 1000, "*": 500}
+    with pytest.raises(SystemExit, match="unknown method 'danm'"):
+        table.parse_steps("danm=3000")
+    with pytest.raises(SystemExit, match="must be N or method=N"):
+        table.parse_steps("dann=many")
+
+
+def test_uda_table_reuses_target_only_across_sources(tmp_path):
+    import argparse
+
+    table = _uda_table()
+    results = tmp_path / "results"
+    results.mkdir()
+    done = {"name": "target_only_mnistm_to_usps_s0", "source": "mnistm", "target": "usps", "seed": 0,
+            "method": "target_only", "variant": None, "overrides": [], "returncode": 0,
+            "command": "python -m dlcv train uda_target_only --train.steps=3000", "metrics": {"steps": 3000}}
+    (results / f"{done['name']}.json").write_text(json.dumps(done))
+    run = {**done, "name": "target_only_mnist_to_usps_s0", "source": "mnist"}
+    args = argparse.Namespace(out=str(tmp_path), steps={"*": 3000}, set=[])
+    assert table.reuse_target_only(run, args)
+    copied = json.loads((results / "target_only_mnist_to_usps_s0.json").read_text())
+    assert copied["source"] == "mnist" and copied["reused_from"] == "target_only_mnistm_to_usps_s0"
+    # other steps, another seed or another method: trained, not reused
+    assert not table.reuse_target_only(run | {"name": "x_s0"}, argparse.Namespace(**{**vars(args), "steps": {"*": 99}}))
+    assert not table.reuse_target_only(run | {"seed": 1, "name": "target_only_mnist_to_usps_s1"}, args)
+    assert not table.reuse_target_only(run | {"method": "dann", "name": "dann_mnist_to_usps_s0"}, args)
