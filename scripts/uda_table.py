@@ -190,7 +190,8 @@ def reuse_target_only(run: dict, args: argparse.Namespace) -> bool:
     for path in sorted((Path(args.out) / "results").glob(f"target_only_*_to_{run['target']}_s{run['seed']}.json")):
         rec = json.loads(path.read_text())
         if (rec.get("returncode") == 0 and rec.get("reused_from") is None and rec["overrides"] == run["overrides"]
-                and (not steps or rec["metrics"]["steps"] == steps) and all(item in rec["command"].split() for item in args.set)):
+                and (not steps or rec["metrics"]["steps"] == steps)
+                and all(item in rec["command"].split() for item in args.set)):
             (path.parent / f"{run['name']}.json").write_text(json.dumps(
                 {**rec, **{k: run[k] for k in ("name", "source")}, "reused_from": rec["name"]}, indent=1) + "\n")
             print(f"{run['name']}: reusing {rec['name']} (target-only does not read the source)", flush=True)
@@ -262,11 +263,12 @@ def report(args: argparse.Namespace) -> str:
         cells = [_cell(values(table, src, tgt, "target_test_acc", method=m)) for m in methods]
         oracle = [_cell(values(table, src, tgt, "oracle_target_test_acc", method=m)) for m in ("dann", "vada")]
         lines.append(f"| {src} → {tgt} | " + " | ".join(cells + oracle) + " |")
-    steps = sorted({r["metrics"]["steps"] for r in table})
-    speed = {m: statistics.mean([r["metrics"]["steps_per_s"] for r in table if r["method"] == m])
-             for m in methods if any(r["method"] == m for r in table)}
-    lines += ["", f"Steps per run: {steps}. Mean steps/s per run (runs shared the device): "
-              + ", ".join(f"{COLUMNS[m]} {v:.0f}" for m, v in speed.items()) + "."]
+    steps = {m: "/".join(str(s) for s in sorted({r["metrics"]["steps"] for r in table if r["method"] == m}))
+             for m in methods}
+    speed = {m: statistics.mean([r["metrics"]["steps_per_s"] for r in table if r["method"] == m]) for m in methods}
+    lines += ["", "Steps per run x batch 64: " + ", ".join(f"{COLUMNS[m]} {v}" for m, v in steps.items())
+              + ". Mean steps/s per run (runs shared the device): "
+              + ", ".join(f"{COLUMNS[m]} {v:.1f}" for m, v in speed.items()) + "."]
     ablation = [r for r in records if r["variant"] is not None]
     if ablation:
         abl_pairs = list(dict.fromkeys((r["source"], r["target"]) for r in ablation))
@@ -287,7 +289,7 @@ def report(args: argparse.Namespace) -> str:
 
 def tsne(args: argparse.Namespace) -> None:
     """Seed-0 t-SNE of features on source and target val images (balanced: equal counts per domain), two PNGs per
-    pair and method: coloured by class and by domain."""
+    pair (those of --pairs if given) and method: coloured by class and by domain."""
     import torch
 
     from dlcv import hub
@@ -295,8 +297,10 @@ def tsne(args: argparse.Namespace) -> None:
     from dlcv.figures import domain_tsne
 
     summary = json.loads((Path(args.out) / "summary.json").read_text())
+    wanted = set(parse_pairs(args.pairs)) if args.pairs else None
     runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["seed"] == 0
-            and r["method"] in ("source_only", "dann", "vada")]
+            and r["method"] in ("source_only", "dann", "vada")
+            and (wanted is None or (r["source"], r["target"]) in wanted)]
     generator = torch.Generator().manual_seed(0)
     for r in runs:
         model, _ = hub.load(r["checkpoint"])
