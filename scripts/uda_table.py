@@ -186,11 +186,13 @@ def reuse_target_only(run: dict, args: argparse.Namespace) -> bool:
     this pair too, marked `reused_from`."""
     if run["method"] != "target_only" or run["variant"] is not None:
         return False
-    steps = args.steps.get("target_only", args.steps.get("*"))
+    from dlcv.presets import get_preset
+
+    steps = args.steps.get("target_only", args.steps.get("*")) or get_preset("uda_target_only").train.steps
     for path in sorted((Path(args.out) / "results").glob(f"target_only_*_to_{run['target']}_s{run['seed']}.json")):
         rec = json.loads(path.read_text())
         if (rec.get("returncode") == 0 and rec.get("reused_from") is None and rec["overrides"] == run["overrides"]
-                and (not steps or rec["metrics"]["steps"] == steps)
+                and rec["metrics"]["steps"] == steps
                 and all(item in rec["command"].split() for item in args.set)):
             (path.parent / f"{run['name']}.json").write_text(json.dumps(
                 {**rec, **{k: run[k] for k in ("name", "source")}, "reused_from": rec["name"]}, indent=1) + "\n")

@@ -174,4 +174,6 @@ def test_uda_table_reuses_target_only_across_sources(tmp_path):
     # other steps, another seed or another method: trained, not reused
     assert not table.reuse_target_only(run | {"name": "x_s0"}, argparse.Namespace(**{**vars(args), "steps": {"*": 99}}))
     assert not table.reuse_target_only(run | {"seed": 1, "name": "target_only_mnist_to_usps_s1"}, args)
+    no_steps = argparse.Namespace(**{**vars(args), "steps": {}})  # the preset's 5000 steps, not the record's 3000
+    assert not table.reuse_target_only(run | {"name": "y_s0"}, no_steps)
     assert not table.reuse_target_only(run | {"method": "dann", "name": "dann_mnist_to_usps_s0"}, args)
