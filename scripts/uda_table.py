@@ -289,6 +289,14 @@ def report(args: argparse.Namespace) -> str:
     return text
 
 
+def table_runs(args: argparse.Namespace, methods: tuple[str, ...]) -> list[dict]:
+    """The finished table runs (not ablation) of `methods` in summary.json, those of --pairs only when it is given."""
+    wanted = set(parse_pairs(args.pairs)) if args.pairs else None
+    summary = json.loads((Path(args.out) / "summary.json").read_text())
+    return [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["method"] in methods
+            and (wanted is None or (r["source"], r["target"]) in wanted)]
+
+
 def tsne(args: argparse.Namespace) -> None:
     """Seed-0 t-SNE of features on source and target val images (balanced: equal counts per domain), two PNGs per
     pair (those of --pairs if given) and method: coloured by class and by domain."""
@@ -298,11 +306,7 @@ def tsne(args: argparse.Namespace) -> None:
     from dlcv.data.digits import read_digits
     from dlcv.figures import domain_tsne
 
-    summary = json.loads((Path(args.out) / "summary.json").read_text())
-    wanted = set(parse_pairs(args.pairs)) if args.pairs else None
-    runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["seed"] == 0
-            and r["method"] in ("source_only", "dann", "vada")
-            and (wanted is None or (r["source"], r["target"]) in wanted)]
+    runs = [r for r in table_runs(args, ("source_only", "dann", "vada")) if r["seed"] == 0]
     generator = torch.Generator().manual_seed(0)
     for r in runs:
         model, _ = hub.load(r["checkpoint"])
@@ -320,10 +324,7 @@ def tsne(args: argparse.Namespace) -> None:
 def ship(args: argparse.Namespace) -> None:
     """Copy, per pair (those of --pairs if given), the DANN and VADA run with the best *source*-val accuracy (never
     target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
-    summary = json.loads((Path(args.out) / "summary.json").read_text())
-    wanted = set(parse_pairs(args.pairs)) if args.pairs else None
-    runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["method"] in ("dann", "vada")
-            and (wanted is None or (r["source"], r["target"]) in wanted)]
+    runs = table_runs(args, ("dann", "vada"))
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
