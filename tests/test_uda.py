@@ -87,6 +87,19 @@ def test_grey_input_is_replicated_and_domains_differ():
     assert model(grey).shape == (2, 10) and model(grey, domain=TARGET).shape == (2, 10)
 
 
+def test_grey_input_norm_is_colour_blind():
+    """input_norm=grey sees the luminance only: permuting RGB changes nothing, a grey image equals its replication."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 28, 28) * 2 - 1
+    grey = UDANet(UDANetConfig(width=4, input_norm="grey")).eval()
+    assert torch.allclose(grey(x), grey(x[:, [2, 0, 1]]), atol=1e-6)
+    assert torch.allclose(grey(x.mean(1, keepdim=True)), grey(x), atol=1e-6)
+    colour = UDANet(UDANetConfig(width=4, input_norm="instance")).eval()
+    assert not torch.allclose(colour(x), colour(x[:, [2, 0, 1]]), atol=1e-6)
+    with pytest.raises(ValueError, match="input_norm"):
+        UDANetConfig(input_norm="gray")
+
+
 def test_augment_keeps_shape_and_range():
     x = torch.rand(4, 3, 28, 28) * 2 - 1
     y = augment(x)

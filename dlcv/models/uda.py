@@ -25,11 +25,12 @@ class UDANetConfig:
     num_classes: int = 10
     width: int = 64
     domain_bn: bool = True  # separate BN statistics for source and target (AdaBN); False: one shared set
-    input_norm: Literal["domain", "instance"] = "domain"  # per-domain channel mean/std, or per-image standardising
+    # per-domain channel mean/std; per-image standardising; or that of the luminance (colour-blind: grey -> colour)
+    input_norm: Literal["domain", "instance", "grey"] = "domain"
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        check_choice("model.input_norm", self.input_norm, ("domain", "instance"))
+        check_choice("model.input_norm", self.input_norm, ("domain", "instance", "grey"))
         if self.in_channels not in (1, 3):
             raise ValueError(f"model.in_channels={self.in_channels}; use 3 (grey domains are replicated) or 1")
 
@@ -60,6 +61,8 @@ class UDANet(nn.Module):
     def _normalize(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
         if x.shape[1] == 1 and self.config.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
+        if self.config.input_norm == "grey":  # the channel mean, replicated: the first conv keeps its 3 inputs
+            return instance_standardize(x.mean(dim=1, keepdim=True)).expand(-1, x.shape[1], -1, -1)
         if self.config.input_norm == "instance":
             return instance_standardize(x)
         mean = torch.cat([self.input_mean[d].expand(n, -1) for d, n in segments])  # (B, C)
