@@ -4,6 +4,8 @@
     python scripts/device_faces.py pack --data data --out .devdata
     # on the GPU machine (device tool, carry .devdata):
     python scripts/device_faces.py run --devdata .devdata --out "$OUT" --minutes 7
+    # a later call on the same warm machine: train the same runs on from their checkpoints
+    python scripts/device_faces.py run --resume --out "$OUT" --minutes 6 --only dcgan_faces sngan_faces
 
 `run` unpacks the faces, trains every candidate in RUNS at once (one process each; small models leave the GPU
 mostly idle, so they share it well), ranks each GAN run's snapshots by a cheap proxy FID (features of the shipped
@@ -19,6 +21,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -159,16 +162,19 @@ def fp16_folder(src: Path, dst: Path) -> None:
     (dst / "config.json").write_text((src / "config.json").read_text())
 
 
-def run(devdata: Path, out: Path, minutes: float, only: list[str], device: str) -> None:
+def run(devdata: Path, out: Path, minutes: float, only: list[str], device: str, return_mib: float = 62,
+        resume: bool = False) -> None:
     start = time.time()
     root, runs, stage = Path("/tmp/dlcv_data"), Path("/tmp/dlcv_runs"), Path("/tmp/dlcv_stage")
-    unpack(devdata, root)
+    if not (resume and (root / "face" / "train.csv").is_file()):
+        unpack(devdata, root)
     names = only or list(RUNS)
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     procs = {}
     for name in names:
         preset, overrides = RUNS[name]
-        cmd = [sys.executable, "-m", "dlcv", "train", preset, f"--name={name}", "--fresh", f"--data.root={root}",
+        cmd = [sys.executable, "-m", "dlcv", "train", preset, f"--name={name}", *([] if resume else ["--fresh"]),
+               f"--data.root={root}",
                f"--train.out_dir={runs}", f"--train.max_minutes={minutes}", "--train.progress=false",
                f"--train.device={device}", *overrides]
         runs.mkdir(parents=True, exist_ok=True)
@@ -176,7 +182,8 @@ def run(devdata: Path, out: Path, minutes: float, only: list[str], device: str) 
     for name, proc in procs.items():
         print(name, "exit", proc.wait(), f"{time.time() - start:.0f} s", flush=True)
     scores = proxy_scores(runs, root)
-    stage.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)  # a resumed call returns this call's picks only
+    stage.mkdir(parents=True)
     items = []  # (priority, path in stage)
     for name in names:
         picks = choose(scores[name]) if name in scores else ["checkpoint"]
@@ -194,7 +201,7 @@ def run(devdata: Path, out: Path, minutes: float, only: list[str], device: str) 
                     sorted((runs / name / "samples").glob("*.png"))[-3:]:
                 if path.is_file():
                     tar.add(path, f"{name}/{path.name}")
-    budget = RETURN_LIMIT - (out / "logs.tar").stat().st_size
+    budget = min(RETURN_LIMIT, int(return_mib * 2**20)) - (out / "logs.tar").stat().st_size
     bins: list[list[str]] = []
     sizes: list[int] = []
     for _, folder in sorted(items):  # best candidates first; finals are dropped if the budget runs out
@@ -231,11 +238,15 @@ def main() -> None:
     r.add_argument("--minutes", type=float, default=7.0)
     r.add_argument("--only", nargs="*", default=[], help="train these RUNS entries only")
     r.add_argument("--device", default="cuda")
+    r.add_argument("--resume", action="store_true", help="continue the runs of an earlier call on the same (warm) "
+                   "machine for --minutes more, from their last checkpoints, instead of starting afresh")
+    r.add_argument("--return-mib", type=float, default=62, help="size of the tars under --out (less when other work "
+                   "returns files in the same call); best candidates go first, the last checkpoints when room is left")
     args = parser.parse_args()
     if args.command == "pack":
         pack(Path(args.data), Path(args.out), args.val)
     else:
-        run(Path(args.devdata), Path(args.out), args.minutes, args.only, args.device)
+        run(Path(args.devdata), Path(args.out), args.minutes, args.only, args.device, args.return_mib, args.resume)
 
 
 if __name__ == "__main__":
