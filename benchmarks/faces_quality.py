@@ -5,6 +5,9 @@ weights come from dlcv.inception, so nothing is downloaded). Each checkpoint sam
     python benchmarks/faces_quality.py checkpoints/dcgan_faces checkpoints/wgan_gp_faces --ref data/face/val \
         --n 1000 --seed 0 --json runs/faces_quality.json
 
+A class-conditional generator (the Smiling ACGAN) writes N / K faces per label, and --attribute-classifier (default
+checkpoints/smiling_classifier) reports how often it predicts the requested label ("agreement").
+
 The reference features are cached (under $DLCV_CACHE/fidelity, default ~/.cache/dlcv/fidelity), so only the first
 checkpoint pays for the reference pass. For the floor of FID at N samples, score real faces against the reference:
 face_scores("data/face/test", "data/face/val").
@@ -21,9 +24,25 @@ from pathlib import Path
 
 import torch
 
-from dlcv import service
+from dlcv import hub, service
+from dlcv.data.images import list_images, read_images
 from dlcv.fileio import atomic_write_text
-from dlcv.metrics import face_scores
+from dlcv.metrics import face_scores, predict_logits
+
+
+def num_classes(checkpoint: str | Path) -> int:
+    return int(json.loads((Path(checkpoint) / "config.json").read_text())["config"].get("num_classes", 0))
+
+
+def agreement(folder: Path, classifier: str | Path) -> dict[str, float]:
+    """Share of samples {label}_{index}.png that `classifier` assigns to their label, overall and per label."""
+    model, _ = hub.load(classifier)
+    names = list_images(folder)
+    labels = torch.tensor([int(name.split("_")[0]) for name in names])
+    images = torch.from_numpy(read_images(folder, names, None, 3, cache=False)).permute(0, 3, 1, 2)
+    hits = (predict_logits(model, images).argmax(1) == labels).float()
+    return {"agreement": round(hits.mean().item(), 4),
+            **{f"agreement_{k}": round(hits[labels == k].mean().item(), 4) for k in labels.unique().tolist()}}
 
 
 def main() -> None:
@@ -36,6 +55,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="Inception batch size")
     parser.add_argument("--cache-name", default="", help="reference feature cache name (default: faces-<ref name>)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results here")
+    parser.add_argument("--attribute-classifier", default="checkpoints/smiling_classifier",
+                        help="checks a conditional generator's labels (its val accuracy bounds what agreement means)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cache_name = args.cache_name or f"faces-{Path(args.ref).resolve().name}"
@@ -46,17 +67,21 @@ def main() -> None:
     for checkpoint in args.checkpoints:
         with tempfile.TemporaryDirectory(prefix="faces_quality_") as tmp:
             start = time.perf_counter()
-            folder = service.sample_to_folder(checkpoint, Path(tmp) / "samples", n=args.n, seed=args.seed)
+            k = num_classes(checkpoint)
+            count = {"per_class": args.n // k} if k else {"n": args.n}  # conditional: N / K faces per label
+            folder = service.sample_to_folder(checkpoint, Path(tmp) / "samples", seed=args.seed, **count)
             sample_seconds = time.perf_counter() - start
+            extra = agreement(folder, args.attribute_classifier) if k else {}
             start = time.perf_counter()
             scores = face_scores(folder, args.ref, kid_subset_size=args.kid_subset_size, cache_name=cache_name,
                                  batch_size=args.batch_size)
             inception_seconds = time.perf_counter() - start
-        row = {"name": Path(checkpoint).name, "checkpoint": str(checkpoint), **scores,
+        row = {"name": Path(checkpoint).name, "checkpoint": str(checkpoint), **scores, **extra,
                "sample_seconds": round(sample_seconds, 2), "inception_seconds": round(inception_seconds, 2)}
         rows.append(row)
         print(f"{row['name']}: FID {row['fid']:.2f}, KID {row['kid_mean']:.5f} ± {row['kid_std']:.5f}, "
-              f"sampling {sample_seconds:.1f} s, Inception passes {inception_seconds:.1f} s", flush=True)
+              f"sampling {sample_seconds:.1f} s, Inception passes {inception_seconds:.1f} s"
+              + "".join(f", {key} {value:.3f}" for key, value in extra.items()), flush=True)
 
     print("\n| checkpoint | FID | KID mean ± std | sampling s | Inception s |\n| --- | ---: | ---: | ---: | ---: |")
     for row in rows:

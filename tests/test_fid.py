@@ -121,3 +121,27 @@ def test_folder_checks_name_the_bad_file(tmp_path: Path):
     Image.new("RGBA", (16, 16)).save(folder / "9999.png")
     with pytest.raises(ValueError, match="9999.png has mode RGBA"):
         image_folder_files(folder)
+
+
+def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
+    """benchmarks/faces_quality.py's check of a conditional generator: label = file-name prefix, agreement per label."""
+    import importlib.util
+
+    from dlcv import hub
+    from dlcv.models.classifier import Classifier, ClassifierConfig
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "faces_quality.py"
+    spec = importlib.util.spec_from_file_location("faces_quality", path)
+    faces_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(faces_quality)
+    classifier = Classifier(ClassifierConfig(in_channels=3, image_size=8, num_classes=2, width=2))
+    with torch.no_grad():  # always says label 1
+        classifier.head[1].weight.zero_()
+        classifier.head[1].bias.copy_(torch.tensor([0.0, 5.0]))
+    hub.save(classifier, tmp_path / "clf")
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for name in ["0_001.png", "0_002.png", "1_001.png", "1_002.png"]:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    assert faces_quality.agreement(folder, tmp_path / "clf") == {"agreement": 0.5, "agreement_0": 0.0,
+                                                                  "agreement_1": 1.0}
