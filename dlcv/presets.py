@@ -110,7 +110,7 @@ def _uda(method: str, domain_bn: bool, **options: object) -> RunConfig:
     return RunConfig(
         name=f"uda_{method}", family="uda", architecture="uda_net",
         model=UDANetConfig(in_channels=3, image_size=28, num_classes=10, width=64, domain_bn=domain_bn,
-                           input_norm="instance"),
+                           input_norm="auto"),
         data=DataConfig(dataset="digits", domain="mnistm", target_domain="usps", image_size=28, channels=3),
         # 5000 steps: VADA runs ~22 steps/s with 8 runs sharing an H100 (DANN ~64), so a run takes ~4 min there
         train=TrainConfig(steps=5000, batch_size=64, lr=1e-3, betas=(0.9, 0.999), log_every=100,
@@ -120,7 +120,7 @@ def _uda(method: str, domain_bn: bool, **options: object) -> RunConfig:
 
 
 # unsupervised domain adaptation on digits: lower bound, DANN, VADA + mean teacher, upper bound (training/uda.py).
-# All use per-image input standardisation (DIRT-T). Per-domain BN helps VADA but broke DANN on grey -> MNIST-M
+# All use per-image input standardisation (DIRT-T), of the luminance alone when grey labels meet a colour domain. Per-domain BN helps VADA but broke DANN on grey -> MNIST-M
 # (usps->mnistm 0.13, mnist->mnistm 0.12 target test at 4000 steps), so DANN keeps Ganin's one shared BN.
 PRESETS.update({
     "uda_source_only": _uda("source_only", domain_bn=False),

@@ -73,6 +73,21 @@ def test_vada_parts_switch_off(tiny_digits, tmp_path):
         train(uda_cfg("dann", tiny_digits, tmp_path, "--method.nope=1"))
 
 
+@pytest.mark.parametrize("method, source, target, expected", [
+    ("source_only", "usps", "mnistm", "grey"),  # grey labels, colour target: colour-blind
+    ("dann", "mnistm", "usps", "instance"),  # colour labels: keep colour
+    ("target_only", "usps", "mnistm", "instance"),  # labels from the colour target itself
+    ("target_only", "mnistm", "usps", "grey"),  # grey labels, colour source (equal to instance on grey images)
+])
+def test_auto_input_norm_follows_the_labelled_domain(method, source, target, expected, tiny_digits, tmp_path):
+    cfg = uda_cfg(method, tiny_digits, tmp_path, f"--data.domain={source}", f"--data.target_domain={target}")
+    assert cfg.model.input_norm == "auto"
+    _, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    assert meta["config"]["input_norm"] == meta["run"]["model"]["input_norm"] == expected
+    with pytest.raises(ValueError, match="resolved by the UDA training loop"):
+        UDANet(cfg.model)
+
+
 def test_uda_needs_a_distinct_target(tiny_digits, tmp_path):
     with pytest.raises(ValueError, match="target_domain"):
         train(uda_cfg("dann", tiny_digits, tmp_path, "--data.target_domain=mnistm"))

@@ -25,12 +25,13 @@ class UDANetConfig:
     num_classes: int = 10
     width: int = 64
     domain_bn: bool = True  # separate BN statistics for source and target (AdaBN); False: one shared set
-    # per-domain channel mean/std; per-image standardising; or that of the luminance (colour-blind: grey -> colour)
-    input_norm: Literal["domain", "instance", "grey"] = "domain"
+    # per-domain channel mean/std; per-image standardising; that of the luminance (colour-blind); or "auto", which
+    # train_uda resolves from the data: grey when the labelled domain is grey and the other colour, else instance
+    input_norm: Literal["domain", "instance", "grey", "auto"] = "domain"
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        check_choice("model.input_norm", self.input_norm, ("domain", "instance", "grey"))
+        check_choice("model.input_norm", self.input_norm, ("domain", "instance", "grey", "auto"))
         if self.in_channels not in (1, 3):
             raise ValueError(f"model.in_channels={self.in_channels}; use 3 (grey domains are replicated) or 1")
 
@@ -41,6 +42,9 @@ class UDANet(nn.Module):
 
     def __init__(self, config: UDANetConfig) -> None:
         super().__init__()
+        if config.input_norm == "auto":
+            raise ValueError("model.input_norm='auto' is resolved by the UDA training loop from the domains' channels; "
+                             "build a UDANet with 'grey', 'instance' or 'domain'")
         self.config = config
         w, c = config.width, config.in_channels
         widths = [(c, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w)]

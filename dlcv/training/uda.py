@@ -6,6 +6,7 @@ the target-val-selected ("oracle") figure is recorded separately and labelled as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -256,6 +257,11 @@ class DomainData:
                 continue
             self.splits[split] = (data.images.to(device), data.labels.to(device))
 
+    @property
+    def channels(self) -> int:
+        """1 for a grey domain (MNIST, USPS), 3 for a colour one."""
+        return self.splits["train"][0].shape[1]
+
     def batch(self, n: int, generator: torch.Generator, fmt: torch.memory_format,
               split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch (with replacement) indexed on the device: images (n, 3, H, W) in [-1, 1], labels (n,)."""
@@ -307,6 +313,11 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     fmt = memory_format(cfg.train.channels_last)
     src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
     tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
+    if getattr(cfg.model, "input_norm", None) == "auto":
+        # labels from a grey domain cannot teach colour, so a colour other domain is seen by its luminance only
+        labelled, other = (tgt, src) if UDA_METHODS[name].labelled_domain == TARGET else (src, tgt)
+        norm = "grey" if (labelled.channels, other.channels) == (1, 3) else "instance"
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_norm=norm))
     model = build_model(cfg.architecture, cfg.model).to(device)
     for domain, data in ((SOURCE, src), (TARGET, tgt)):
         model.set_input_stats(domain, *data.input_stats())
