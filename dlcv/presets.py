@@ -120,8 +120,9 @@ def _uda(method: str, domain_bn: bool, **options: object) -> RunConfig:
 
 
 # unsupervised domain adaptation on digits: lower bound, DANN, VADA + mean teacher, upper bound (training/uda.py).
-# All use per-image input standardisation (DIRT-T), of the luminance alone when grey labels meet a colour domain. Per-domain BN helps VADA but broke DANN on grey -> MNIST-M
-# (usps->mnistm 0.13, mnist->mnistm 0.12 target test at 4000 steps), so DANN keeps Ganin's one shared BN.
+# All use per-image input standardisation (DIRT-T), of the luminance alone when grey labels meet a colour domain
+# (input_norm=auto). Per-domain BN helps VADA but broke DANN on grey -> MNIST-M (usps->mnistm 0.13, mnist->mnistm
+# 0.12 target test at 4000 steps), so DANN keeps Ganin's one shared BN.
 PRESETS.update({
     "uda_source_only": _uda("source_only", domain_bn=False),
     "uda_dann": _uda("dann", domain_bn=False),  # Ganin's DANN: one BN over the mixed batch (DSBN hurt grey->colour)
