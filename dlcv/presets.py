@@ -62,6 +62,16 @@ PRESETS: dict[str, RunConfig] = {
                           sample_every=1000, save_every=1000),
         method={"loss": "dcgan", "d_width": 64, "d_norm": "batch"},
     ),
+    # method A as shipped: the same maths + one-sided label smoothing (Salimans et al. 2016) and an EMA of G for
+    # sampling; FID 26.19 at step 37,500 against 34.34 for the best plain-DCGAN snapshot (RESULTS.md)
+    "dcgan_faces_ema": RunConfig(
+        name="dcgan_faces_ema", family="gan", architecture="generator",
+        model=GeneratorConfig(z_dim=100, image_size=64, channels=3, width=64),
+        data=DataConfig(dataset="face", image_size=64, channels=3, attribute=""),
+        train=TrainConfig(steps=40000, batch_size=64, lr=2e-4, betas=(0.5, 0.999), ema_decay=0.999, log_every=100,
+                          sample_every=1000, save_every=1000, snapshot_every=2500),
+        method={"loss": "dcgan", "d_width": 64, "d_norm": "batch", "label_smoothing": 0.1},
+    ),
     # method B: SNGAN-style D (spectral norm, hinge; Miyato et al. 2018) + DiffAugment + TTUR + EMA of G
     "sngan_faces": RunConfig(
         name="sngan_faces", family="gan", architecture="generator",

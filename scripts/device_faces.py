@@ -36,8 +36,7 @@ from PIL import Image
 # name -> (preset, overrides). Steps are upper bounds: --minutes stops every run at the same wall-clock budget.
 RUNS = {
     "dcgan_faces": ("dcgan_faces", ["--train.steps=40000", "--train.snapshot_every=2500"]),
-    "dcgan_faces_ls_ema": ("dcgan_faces", ["--train.steps=40000", "--train.snapshot_every=2500",
-                                           "--train.ema_decay=0.999", "--method.label_smoothing=0.1"]),
+    "dcgan_faces_ls_ema": ("dcgan_faces_ema", []),  # the shipped method A
     "sngan_faces": ("sngan_faces", ["--train.steps=80000", "--train.snapshot_every=5000"]),
     "sngan_faces_d64": ("sngan_faces", ["--train.steps=80000", "--train.snapshot_every=5000",
                                         "--method.d_width=64"]),
