@@ -177,7 +177,7 @@ def run(devdata: Path, out: Path, minutes: float, only: list[str], device: str, 
                f"--train.out_dir={runs}", f"--train.max_minutes={minutes}", "--train.progress=false",
                f"--train.device={device}", *overrides]
         runs.mkdir(parents=True, exist_ok=True)
-        procs[name] = subprocess.Popen(cmd, env=env, stdout=open(runs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=open(runs / f"{name}.log", "a" if resume else "w"), stderr=subprocess.STDOUT)
     for name, proc in procs.items():
         print(name, "exit", proc.wait(), f"{time.time() - start:.0f} s", flush=True)
     scores = proxy_scores(runs, root)
