@@ -153,7 +153,8 @@ def adapt(pair: str, image, example_digit: int):
     methods = _pairs().get(pair)
     if not methods:
         return {}, "no adaptation checkpoints (uda_<method>_<source>_to_<target>) for that pair yet"
-    image = image if image is not None else service.example_digit(int(example_digit))
+    if image is None:  # a printed digit drawn like the target domain
+        image = service.example_digit(int(example_digit), domain=pair.split(" -> ")[-1])
     models, notes = {}, []
     for method, info in methods.items():
         try:

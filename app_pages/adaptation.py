@@ -22,11 +22,12 @@ else:
     pair = st.selectbox("source -> target", list(pairs))
     methods = pairs[pair]
     source_mode = st.radio("image", ["example", "upload"], horizontal=True,
-                           help="an example is a printed digit on a noisy background, drawn here")
+                           help="an example is a printed digit drawn here in the target domain's style")
     if source_mode == "upload":
         image = common.upload_image("a target-domain digit", key="uda_upload")
     else:
-        image = service.example_digit(st.selectbox("example digit", list(range(10)), index=7))
+        digit = st.selectbox("example digit", list(range(10)), index=7)
+        image = service.example_digit(digit, domain=pair.split(" -> ")[-1])  # drawn like the target domain
     if image is not None:
         models = {}
         for method, info in methods.items():

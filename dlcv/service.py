@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from dlcv import hub
+from dlcv.data.digits import GREY_DOMAINS, UDA_PAIRS
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
@@ -224,16 +225,18 @@ class Catalog:
         return sorted(found, key=lambda m: (order.get(m.name, len(order)), m.name))
 
     def uda_pairs(self) -> dict[str, dict[str, ModelInfo]]:
-        """UDA checkpoints uda_<method>_<source>_to_<target> grouped as {"source -> target": {method: info}},
-        methods in the order source_only, dann, then the rest."""
+        """UDA checkpoints uda_<method>_<source>_to_<target> grouped as {"source -> target": {method: info}}, pairs in
+        issue 5's order (UDA_PAIRS), methods in the order source_only, dann, then the rest."""
         pairs: dict[str, dict[str, ModelInfo]] = {}
         for name in sorted(self.models):
             match = UDA_NAME.match(name)
             if match:
                 pairs.setdefault(f"{match['source']} -> {match['target']}", {})[match["method"]] = self.models[name]
         order = {m: i for i, m in enumerate(UDA_METHOD_ORDER)}
+        pair_order = {f"{s} -> {t}": i for i, (s, t) in enumerate(UDA_PAIRS)}  # the course's pair first
         return {pair: dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-                for pair, methods in sorted(pairs.items())}
+                for pair, methods in sorted(pairs.items(), key=lambda kv: (pair_order.get(kv[0], len(pair_order)),
+                                                                           kv[0]))}
 
 
 def missing_note(name: str) -> str:
@@ -514,16 +517,18 @@ def reverse_gif(frames: list[tuple[int, torch.Tensor]], nrow: int = 10, scale: i
     return buffer.getvalue()
 
 
-def example_digit(digit: int, size: int = 28) -> Image.Image:
-    """A printed digit (white on a dark textured background) to try the classifiers without uploading a file."""
+def example_digit(digit: int, size: int = 28, domain: str = "mnistm") -> Image.Image:
+    """A printed digit to try the classifiers without uploading a file, in the style of `domain` (a UDA model's
+    target): white on black for the grey domains (MNIST, USPS), yellow on a dark textured background otherwise."""
     from PIL import ImageDraw, ImageFont
 
+    grey = domain in GREY_DOMAINS
     rng = np.random.default_rng(digit)
-    background = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+    background = np.zeros((size, size, 3), np.uint8) if grey else rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
     image = Image.fromarray(background)
     font = ImageFont.load_default(size=math.floor(size * 0.85))
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
     draw.text(((size - (right - left)) / 2 - left, (size - (bottom - top)) / 2 - top), str(digit),
-              fill=(235, 220, 120), font=font)
+              fill=(255, 255, 255) if grey else (235, 220, 120), font=font)
     return image

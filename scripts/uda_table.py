@@ -29,9 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python scripts/uda_table.py` from a checkout, without installing dlcv
-# ordered pairs the course used or that have a published anchor (issue 5); svhn pairs only when svhn is prepared
-PAIRS = [("mnistm", "usps"), ("usps", "mnistm"), ("mnist", "mnistm"), ("mnist", "usps"), ("usps", "mnist"),
-         ("mnistm", "svhn"), ("svhn", "mnistm"), ("usps", "svhn"), ("svhn", "usps")]
+from dlcv.data.digits import UDA_PAIRS as PAIRS  # noqa: E402  (svhn pairs only run when svhn is prepared)
+
 METHODS = ["source_only", "dann", "vada", "target_only"]
 COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)", "target_only": "target only"}
 # ablation of the improved method: name -> (preset method, overrides); each row switches one part off

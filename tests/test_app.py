@@ -94,6 +94,24 @@ def test_catalog_groups_face_gans_and_uda_pairs(demo_env):
     assert service.tsne_figures("usps -> svhn") == service.tsne_figures()  # none names the pair: all of them
 
 
+def test_uda_pairs_come_in_the_issue_order(demo_env, tmp_path, monkeypatch):
+    """The course's pair first (the demo's default), then the anchored pairs; not alphabetical."""
+    import shutil
+
+    ckpts = tmp_path / "checkpoints"  # a copy: demo_root is shared by the other tests
+    for pair in ("mnistm_to_svhn", "mnist_to_usps", "mnistm_to_usps"):
+        shutil.copytree(demo_env / "checkpoints" / "uda_dann_mnistm_to_svhn", ckpts / f"uda_dann_{pair}")
+    monkeypatch.setenv("DLCV_CHECKPOINTS", str(ckpts))
+    assert list(service.catalog().uda_pairs()) == ["mnistm -> usps", "mnist -> usps", "mnistm -> svhn"]
+
+
+def test_example_digit_is_drawn_like_the_target_domain():
+    grey, colour = (np.asarray(service.example_digit(3, domain=d)) for d in ("usps", "mnistm"))
+    assert grey.shape == colour.shape == (28, 28, 3)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()  # white on black
+    assert not (colour[..., 0] == colour[..., 2]).all()
+
+
 def test_faces_pairs_and_interpolation_share_z(demo_env):
     catalog = service.catalog()
     model, document = service.load(catalog.get("dcgan_faces").path)

@@ -10,6 +10,10 @@ import torch
 from dlcv.data.images import DataError, check_files_exist, list_images, read_csv, read_images
 
 DOMAINS = ("mnistm", "usps", "mnist", "svhn")
+GREY_DOMAINS = ("usps", "mnist")  # stored 1-channel; training reads this from the files, the demo (no data) from here
+# ordered (source, target) pairs of issue 5: the course's pair first, then those with a published anchor
+UDA_PAIRS = (("mnistm", "usps"), ("usps", "mnistm"), ("mnist", "mnistm"), ("mnist", "usps"), ("usps", "mnist"),
+             ("mnistm", "svhn"), ("svhn", "mnistm"), ("usps", "svhn"), ("svhn", "usps"))
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
