@@ -88,6 +88,20 @@ def test_auto_input_norm_follows_the_labelled_domain(method, source, target, exp
         UDANet(cfg.model)
 
 
+def test_dann_ema_ships_the_weight_average(tiny_digits, tmp_path):
+    cfg = uda_cfg("dann", tiny_digits, tmp_path, "--method.ema_decay=0.5")
+    method = UDA_METHODS["dann"](UDANet(UDANetConfig(width=4, domain_bn=False, input_norm="instance")),
+                                 {"ema_decay": 0.5}, cfg.train)
+    x = torch.rand(4, 3, 28, 28) * 2 - 1
+    for _ in range(2):  # the first update copies the student, later ones average
+        method.update(x, torch.arange(4), x.flip(0))
+    assert method.eval_model is method.average.module and not method.eval_model.training
+    student, average = method.model.state_dict(), method.eval_model.state_dict()
+    assert not torch.equal(student["head.weight"], average["head.weight"])  # an average, not the student
+    _, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    assert meta["run"]["method"]["ema_decay"] == 0.5
+
+
 def test_uda_needs_a_distinct_target(tiny_digits, tmp_path):
     with pytest.raises(ValueError, match="target_domain"):
         train(uda_cfg("dann", tiny_digits, tmp_path, "--data.target_domain=mnistm"))

@@ -145,10 +145,23 @@ class DANN(SourceOnly):
     """Ganin et al. 2016: L_y(source) + domain_weight * L_d(source, target), the features trained through a gradient
     reversal layer whose weight follows lambda_p; source and target go through the network as one batch."""
 
-    defaults: dict[str, Any] = {"domain_weight": 1.0}
+    defaults: dict[str, Any] = {"domain_weight": 1.0, "ema_decay": 0.0}
 
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
+        # ema_decay > 0: evaluate and ship a weight average (Polyak), which damps the adversarial game's late swings
+        decay = self.hp.get("ema_decay", 0.0)
+        self.average = ema_copy(model, decay) if decay > 0 else None
+        if self.average is not None:
+            self.average.module.eval()
         return {"domain_classifier": domain_classifier(model.feature_dim).to(model.input_mean.device)}
+
+    @property
+    def eval_model(self) -> UDANet:
+        return self.average.module if self.average is not None else self.model
+
+    def after_step(self) -> None:
+        if self.average is not None:
+            self.average.update_parameters(self.model)
 
     def forward_pair(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(source logits, target logits, domain loss) from one pass over cat(x_src, x_tgt)."""
