@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from dlcv import hub, service
-from dlcv.data.images import list_images, read_images
+from dlcv.data.digits import read_image_folder
 from dlcv.fileio import atomic_write_text
-from dlcv.metrics import face_scores, predict_logits
+from dlcv.metrics import accuracy, face_scores, per_class_accuracy, predict_logits
 
 
 def num_classes(checkpoint: str | Path) -> int:
@@ -37,12 +37,12 @@ def num_classes(checkpoint: str | Path) -> int:
 def agreement(folder: Path, classifier: str | Path) -> dict[str, float]:
     """Share of samples {label}_{index}.png that `classifier` assigns to their label, overall and per label."""
     model, _ = hub.load(classifier)
-    names = list_images(folder)
+    images, names = read_image_folder(folder, image_size=None)
     labels = torch.tensor([int(name.split("_")[0]) for name in names])
-    images = torch.from_numpy(read_images(folder, names, None, 3, cache=False)).permute(0, 3, 1, 2)
-    hits = (predict_logits(model, images).argmax(1) == labels).float()
-    return {"agreement": round(hits.mean().item(), 4),
-            **{f"agreement_{k}": round(hits[labels == k].mean().item(), 4) for k in labels.unique().tolist()}}
+    pred = predict_logits(model, images).argmax(1)
+    per_label = per_class_accuracy(pred, labels, model.config.num_classes)
+    return {"agreement": round(accuracy(pred, labels), 4),
+            **{f"agreement_{k}": round(v, 4) for k, v in per_label.items()}}
 
 
 def main() -> None:

@@ -77,9 +77,10 @@ def read_digits(root: str | Path, domain: str, split: str, channels: int | None 
     return DigitSplit(images=images, labels=torch.tensor(labels, dtype=torch.int64), names=names, folder=folder)
 
 
-def read_image_folder(folder: str | Path, channels: int | None = 3, image_size: int = IMAGE_SIZE,
+def read_image_folder(folder: str | Path, channels: int | None = 3, image_size: int | None = IMAGE_SIZE,
                       resize: bool = False) -> tuple[torch.Tensor, list[str]]:
-    """Every image in a folder (sorted names) as uint8 (N, C, H, W); used by predict on unlabelled images."""
+    """Every image in a folder (sorted names) as uint8 (N, C, H, W); used by predict on unlabelled images.
+    image_size=None keeps the files' size (they must share one)."""
     names = list_images(folder)
     if not names:
         raise DataError(f"{folder} holds no images; point --images at a folder of .png files")

@@ -148,12 +148,16 @@ class DANN(SourceOnly):
     defaults: dict[str, Any] = {"domain_weight": 1.0, "ema_decay": 0.0}
 
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
-        # ema_decay > 0: evaluate and ship a weight average (Polyak), which damps the adversarial game's late swings
-        decay = self.hp.get("ema_decay", 0.0)
+        decay = self.average_decay()
+        # the EMA of the weights, kept in eval mode (its BN uses running statistics), is what is evaluated and shipped
         self.average = ema_copy(model, decay) if decay > 0 else None
         if self.average is not None:
             self.average.module.eval()
         return {"domain_classifier": domain_classifier(model.feature_dim).to(model.input_mean.device)}
+
+    def average_decay(self) -> float:
+        """ema_decay > 0: a weight average (Polyak), which damps the adversarial game's late swings; 0: none."""
+        return self.hp["ema_decay"]
 
     @property
     def eval_model(self) -> UDANet:
@@ -190,17 +194,9 @@ class VADA(DANN):
                                 "teacher": True, "teacher_decay": 0.99, "teacher_weight": 1.0,
                                 "teacher_threshold": 0.9}
 
-    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
-        extra = super().build_extra(model)
-        self.teacher = None
-        if self.hp["teacher"]:  # the EMA of the student, kept in eval mode: its BN uses running statistics
-            self.teacher = ema_copy(model, self.hp["teacher_decay"])
-            self.teacher.module.eval()
-        return extra
-
-    @property
-    def eval_model(self) -> UDANet:
-        return self.teacher.module if self.teacher is not None else self.model
+    def average_decay(self) -> float:
+        """The mean teacher is DANN's weight average, at teacher_decay."""
+        return self.hp["teacher_decay"] if self.hp["teacher"] else 0.0
 
     def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         hp, ramp = self.hp, dann_lambda(self.progress)
@@ -216,7 +212,7 @@ class VADA(DANN):
                  "div_loss": (hp["div_weight"] * ramp, lambda: diversity_loss(logits_tgt)),
                  "vat_src": (hp["vat_src_weight"], lambda: self.vat(x_src, logits_src, SOURCE)),
                  "vat_tgt": (hp["vat_tgt_weight"] * ramp, lambda: self.vat(x_tgt, logits_tgt, TARGET)),
-                 "teacher_loss": (hp["teacher_weight"] * ramp if self.teacher is not None else 0.0,
+                 "teacher_loss": (hp["teacher_weight"] * ramp if self.average is not None else 0.0,
                                   lambda: self.consistency(clean_tgt, logits_tgt))}
         for name, (weight, term) in terms.items():
             if weight > 0:
@@ -233,14 +229,10 @@ class VADA(DANN):
     def consistency(self, clean_tgt: torch.Tensor, logits_tgt: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the student (augmented target) to the teacher's confident labels (clean target)."""
         with torch.no_grad(), autocast(clean_tgt.device, self.amp):
-            probs = F.softmax(self.teacher.module(clean_tgt, domain=TARGET).float(), dim=1)
+            probs = F.softmax(self.average.module(clean_tgt, domain=TARGET).float(), dim=1)
         confidence, pseudo = probs.max(dim=1)
         mask = (confidence >= self.hp["teacher_threshold"]).float()
         return (F.cross_entropy(logits_tgt.float(), pseudo, reduction="none") * mask).mean()
-
-    def after_step(self) -> None:
-        if self.teacher is not None:
-            self.teacher.update_parameters(self.model)
 
 
 UDA_METHODS: dict[str, type[SourceOnly]] = {
@@ -326,7 +318,7 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     fmt = memory_format(cfg.train.channels_last)
     src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
     tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
-    if getattr(cfg.model, "input_norm", None) == "auto":
+    if cfg.model.input_norm == "auto":
         # labels from a grey domain cannot teach colour, so a colour other domain is seen by its luminance only
         labelled, other = (tgt, src) if UDA_METHODS[name].labelled_domain == TARGET else (src, tgt)
         norm = "grey" if (labelled.channels, other.channels) == (1, 3) else "instance"
