@@ -219,3 +219,24 @@ def test_uda_table_reuses_target_only_across_sources(tmp_path):
     no_steps = argparse.Namespace(**{**vars(args), "steps": {}})  # the preset's 5000 steps, not the record's 3000
     assert not table.reuse_target_only(run | {"name": "y_s0"}, no_steps)
     assert not table.reuse_target_only(run | {"method": "dann", "name": "dann_mnist_to_usps_s0"}, args)
+
+
+def test_uda_speed_benchmark_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """benchmarks/uda_speed.py on fake MNIST-M -> USPS big enough for one batch of 64: it builds both loops from the
+    uda_dann preset (whose input_norm=auto the reference must resolve) and prints the ratio."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import write_digits_domain
+
+    root = tmp_path / "data"
+    write_digits_domain(root, "mnistm", {"train": 64, "val": 8, "test": 8}, channels=3)
+    write_digits_domain(root, "usps", {"train": 64, "val": 8, "test": 8}, channels=1, seed=1)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "uda_speed.py"
+    spec = importlib.util.spec_from_file_location("uda_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["uda_speed.py", "--data", str(root), "--steps", "2", "--ref-steps", "1",
+                                     "--width", "4", "--out", str(tmp_path / "runs")])
+    module.main()
+    assert "speed ratio dlcv / reference:" in capsys.readouterr().out
