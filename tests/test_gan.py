@@ -324,3 +324,20 @@ def test_within_class_spread_sees_near_copies():
     assert within_class_spread(copies, labels) == {0: 0.0, 1: 0.0}
     assert all(d > 0.5 for d in within_class_spread(varied, labels).values())
     assert within_class_spread(varied[:4], torch.tensor([0, 0, 0, 1])).keys() == {0}  # a lone image has no neighbour
+
+
+def test_device_faces_runs_are_valid_presets_and_overrides():
+    """scripts/device_faces.py's RUNS go to a lent GPU unattended: each must name a preset and overrides that apply."""
+    import importlib.util
+    from pathlib import Path
+
+    from dlcv.config import apply_overrides
+    from dlcv.presets import get_preset
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "device_faces.py"
+    spec = importlib.util.spec_from_file_location("device_faces", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, (preset, overrides) in module.RUNS.items():
+        cfg = apply_overrides(get_preset(preset), overrides)
+        assert cfg.family in ("gan", "vae"), name
