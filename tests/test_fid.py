@@ -125,15 +125,11 @@ def test_folder_checks_name_the_bad_file(tmp_path: Path):
 
 def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
     """benchmarks/faces_quality.py's check of a conditional generator: label = file-name prefix, agreement per label."""
-    import importlib.util
-
+    from conftest import load_script
     from dlcv import hub
     from dlcv.models.classifier import Classifier, ClassifierConfig
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "faces_quality.py"
-    spec = importlib.util.spec_from_file_location("faces_quality", path)
-    faces_quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(faces_quality)
+    faces_quality = load_script("benchmarks/faces_quality.py")
     classifier = Classifier(ClassifierConfig(in_channels=3, image_size=8, num_classes=2, width=2))
     with torch.no_grad():  # always says label 1
         classifier.head[1].weight.zero_()

@@ -328,16 +328,10 @@ def test_within_class_spread_sees_near_copies():
 
 def test_device_faces_runs_are_valid_presets_and_overrides():
     """scripts/device_faces.py's RUNS go to a lent GPU unattended: each must name a preset and overrides that apply."""
-    import importlib.util
-    from pathlib import Path
-
+    from conftest import load_script
     from dlcv.config import apply_overrides
     from dlcv.presets import get_preset
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "device_faces.py"
-    spec = importlib.util.spec_from_file_location("device_faces", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for name, (preset, overrides) in module.RUNS.items():
+    for name, (preset, overrides) in load_script("scripts/device_faces.py").RUNS.items():
         cfg = apply_overrides(get_preset(preset), overrides)
         assert cfg.family in ("gan", "vae"), name

@@ -17,6 +17,8 @@ from dlcv.presets import get_preset
 from dlcv.training import train
 from dlcv.training.uda import UDA_METHODS, annealed_lr, augment, dann_lambda
 
+from conftest import load_script, write_digits_domain
+
 TINY = ["--train.steps=2", "--train.batch_size=4", "--model.width=4", "--train.eval_every=1",
         "--train.progress=false", "--train.device=cpu", "--train.amp=false", "--train.deterministic=true"]
 
@@ -177,15 +179,7 @@ def test_plot_tsne_writes_a_png(tmp_path):
 
 
 def _uda_table():
-    """scripts/uda_table.py as a module (scripts are not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "uda_table.py"
-    spec = importlib.util.spec_from_file_location("uda_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/uda_table.py")
 
 
 def test_uda_table_steps_per_method_and_bad_items():
@@ -224,18 +218,10 @@ def test_uda_table_reuses_target_only_across_sources(tmp_path):
 def test_uda_speed_benchmark_runs_end_to_end(tmp_path, monkeypatch, capsys):
     """benchmarks/uda_speed.py on fake MNIST-M -> USPS big enough for one batch of 64: it builds both loops from the
     uda_dann preset (whose input_norm=auto the reference must resolve) and prints the ratio."""
-    import importlib.util
-    from pathlib import Path
-
-    from conftest import write_digits_domain
-
     root = tmp_path / "data"
     write_digits_domain(root, "mnistm", {"train": 64, "val": 8, "test": 8}, channels=3)
     write_digits_domain(root, "usps", {"train": 64, "val": 8, "test": 8}, channels=1, seed=1)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "uda_speed.py"
-    spec = importlib.util.spec_from_file_location("uda_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/uda_speed.py")
     monkeypatch.setattr("sys.argv", ["uda_speed.py", "--data", str(root), "--steps", "2", "--ref-steps", "1",
                                      "--width", "4", "--out", str(tmp_path / "runs")])
     module.main()
