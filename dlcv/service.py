@@ -158,8 +158,12 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
     Diffusion checkpoints take sampler/steps/eta/guidance options; unset ones use the checkpoint's defaults.
     """
     from dlcv.sampling import sample_gan
-    from dlcv.viz import digit_names, write_image_folder
+    from dlcv.viz import check_out_folder, digit_names, write_image_folder
 
+    count = per_class if per_class is not None else n
+    if count is None or count < 1:
+        raise ValueError(f"--{'per-class' if per_class is not None else 'n'} must be at least 1, got {count}")
+    check_out_folder(out, force)  # before sampling, which can take minutes
     model, document = load(checkpoint)
     num_classes = getattr(model.config, "num_classes", 0)
     architecture = document["architecture"]

@@ -17,16 +17,24 @@ def digit_names(per_class: int, num_classes: int = 10) -> list[str]:
     return [f"{d}_{i:03d}.png" for d in range(num_classes) for i in range(1, per_class + 1)]
 
 
+def check_out_folder(folder: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse an output folder that is a file, or that holds files unless `force`: checked before the work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder; choose another --out")
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise FileExistsError(f"{folder} is not empty; pass --force to replace it or choose another --out")
+    return folder
+
+
 def write_image_folder(images: torch.Tensor, names: list[str], folder: str | os.PathLike, force: bool = False) -> Path:
     """Save (N, C, H, W) images in [-1, 1] as PNGs named `names`; the folder ends up holding exactly these files.
 
     An existing non-empty folder is refused unless `force`; it is then replaced whole (never half-written).
     """
-    folder = Path(folder)
     if len(images) != len(names):
         raise ValueError(f"{len(images)} images but {len(names)} names")
-    if folder.exists() and any(folder.iterdir()) and not force:
-        raise FileExistsError(f"{folder} is not empty; pass --force to replace it or choose another --out")
+    folder = check_out_folder(folder, force)
     with atomic_dir(folder) as tmp:
         for image, name in zip(to_image_range(images.float()), names):
             save_image(image, tmp / name)

@@ -150,6 +150,9 @@ def test_sample_cli_writes_exactly_the_course_files(tiny_ddpm_cfg, tmp_path, cap
     assert main(args) == 2 and "not empty" in capsys.readouterr().err  # never mixes two sample sets
     assert main(args + ["--force"]) == 0
     assert (out / "3_001.png").read_bytes() == first  # same seed, same bytes
+    assert main(args[:3] + ["0"] + args[4:]) == 2 and "--per-class must be at least 1, got 0" in capsys.readouterr().err
+    assert main(args[:5] + [str(out / "3_001.png"), "--force"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and (out / "3_001.png").read_bytes() == first
 
 
 def test_service_rejects_non_diffusion_checkpoints(tmp_ckpt, tmp_path):
