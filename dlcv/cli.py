@@ -161,12 +161,18 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+CLASSIFIERS = ("classifier", "uda_net")  # the architectures that eval and predict can use
+
+
 def _load_classifier(path: str):
     from dlcv import hub
 
     if Path(path).is_file():
         return hub.load_course_classifier(path)
-    model, _ = hub.load(path)
+    model, document = hub.load(path)
+    if document["architecture"] not in CLASSIFIERS:
+        raise ValueError(f"{path} is a {document['architecture']} checkpoint, which does not classify; use a "
+                         f"classifier or UDA checkpoint ({', '.join(CLASSIFIERS)}) or the course's .pth")
     return model
 
 

@@ -226,3 +226,15 @@ def test_uda_speed_benchmark_runs_end_to_end(tmp_path, monkeypatch, capsys):
                                      "--width", "4", "--out", str(tmp_path / "runs")])
     module.main()
     assert "speed ratio dlcv / reference:" in capsys.readouterr().out
+
+
+def test_predict_refuses_a_checkpoint_that_does_not_classify(tmp_path, capsys):
+    from dlcv.models.gan import Generator, GeneratorConfig
+
+    ckpt = hub.save(Generator(GeneratorConfig(z_dim=4, image_size=28, channels=3, width=4)), tmp_path / "gan")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(folder / "ok.png")
+    assert main(["predict", str(ckpt), "--images", str(folder), "--out", str(tmp_path / "pred.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is a generator checkpoint, which does not classify" in err and "Traceback" not in err
