@@ -39,6 +39,15 @@ def test_resume_refuses_a_different_model(tiny_run_cfg, tmp_path):
         train(wider, out=tmp_path / "b")
 
 
+@pytest.mark.parametrize("content", [b"garbage", None])  # not a torch file; a zip cut short
+def test_resume_names_a_corrupt_state_and_the_fix(content, tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    path = run_dir(tiny_run_cfg) / STATE_NAME
+    path.write_bytes(content if content is not None else path.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=r"state.pt is corrupt or unreadable .*pass --fresh"):
+        train(apply_overrides(tiny_run_cfg, ["--train.steps=3"]), out=tmp_path / "b")
+
+
 def test_same_seed_same_weights(tiny_run_cfg, tmp_path):
     a = train(apply_overrides(tiny_run_cfg, ["--name=a"]), out=tmp_path / "a")
     b = train(apply_overrides(tiny_run_cfg, ["--name=b"]), out=tmp_path / "b")

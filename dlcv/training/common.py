@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,12 @@ def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, 
     path = run_dir(cfg) / STATE_NAME
     if not path.is_file():
         return 0, {}
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # truncated, or not a torch file
+        detail = str(err).strip().split(". ")[0].splitlines()[0][:100] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"{path} is corrupt or unreadable ({detail}); pass --fresh to start over "
+                           f"(or delete it)") from None
     saved, now = state["config"], to_dict(cfg)
     for section in ("architecture", "model", "data", "method"):
         if saved.get(section) != now.get(section):
