@@ -154,7 +154,7 @@ def adapt(pair: str, image, example_digit: int):
     if not methods:
         return {}, "no adaptation checkpoints (uda_<method>_<source>_to_<target>) for that pair yet"
     if image is None:  # a printed digit drawn like the target domain
-        image = service.example_digit(int(example_digit), domain=pair.split(" -> ")[-1])
+        image = service.example_digit(int(example_digit), domain=service.pair_target(pair))
     models, notes = {}, []
     for method, info in methods.items():
         try:

@@ -27,7 +27,7 @@ else:
         image = common.upload_image("a target-domain digit", key="uda_upload")
     else:
         digit = st.selectbox("example digit", list(range(10)), index=7)
-        image = service.example_digit(digit, domain=pair.split(" -> ")[-1])  # drawn like the target domain
+        image = service.example_digit(digit, domain=service.pair_target(pair))  # drawn like the target domain
     if image is not None:
         models = {}
         for method, info in methods.items():

@@ -30,7 +30,7 @@ from dlcv.data.loaders import infinite  # noqa: E402
 from dlcv.models import build_model  # noqa: E402
 from dlcv.presets import get_preset  # noqa: E402
 from dlcv.training import train  # noqa: E402
-from dlcv.training.uda import DANN  # noqa: E402
+from dlcv.training.uda import DANN, method_options, resolve_input_norm  # noqa: E402
 
 
 class PngDigits(Dataset):
@@ -53,13 +53,11 @@ class PngDigits(Dataset):
 
 def reference_steps_per_s(args: argparse.Namespace) -> float:
     """Steps/s of the reference loop: fresh DataLoader iterators over PNGs, fp32, the same DANN update."""
-    # input_norm: what train_uda's "auto" resolves to for MNIST-M (colour labels) -> USPS
     cfg = apply_overrides(get_preset("uda_dann"), [f"--model.width={args.width}", "--train.amp=false",
-                                                   "--model.input_norm=instance",
                                                    f"--train.steps={args.ref_steps}", "--train.device=cpu"])
+    cfg = resolve_input_norm(cfg, source_channels=3, target_channels=1)  # MNIST-M (colour) -> USPS (grey)
     model = build_model(cfg.architecture, cfg.model)
-    hp = {k: v for k, v in cfg.method.items() if k not in ("name", "select")}  # the preset's DANN (its weight average)
-    method = DANN(model, hp, cfg.train)
+    method = DANN(model, method_options(cfg)[2], cfg.train)  # the preset's DANN options (its weight average)
     loaders = [DataLoader(PngDigits(args.data, d), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
                for d in ("mnistm", "usps")]
     iters = [infinite(loader) for loader in loaders]  # a new epoch when one runs out (USPS: 102 batches of 64)

@@ -235,12 +235,20 @@ class Catalog:
         for name in sorted(self.models):
             match = UDA_NAME.match(name)
             if match:
-                pairs.setdefault(f"{match['source']} -> {match['target']}", {})[match["method"]] = self.models[name]
+                pairs.setdefault(f"{match['source']}{PAIR_SEPARATOR}{match['target']}", {})[match["method"]] = self.models[name]
         order = {m: i for i, m in enumerate(UDA_METHOD_ORDER)}
-        pair_order = {f"{s} -> {t}": i for i, (s, t) in enumerate(UDA_PAIRS)}  # the course's pair first
+        pair_order = {f"{s}{PAIR_SEPARATOR}{t}": i for i, (s, t) in enumerate(UDA_PAIRS)}  # the course's pair first
         return {pair: dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
                 for pair, methods in sorted(pairs.items(), key=lambda kv: (pair_order.get(kv[0], len(pair_order)),
                                                                            kv[0]))}
+
+
+PAIR_SEPARATOR = " -> "  # the demo's pair labels: "source -> target"
+
+
+def pair_target(pair: str) -> str:
+    """The target domain of a uda_pairs() label "source -> target"."""
+    return pair.split(PAIR_SEPARATOR)[-1]
 
 
 def missing_note(name: str) -> str:
@@ -438,7 +446,7 @@ def tsne_figures(pair: str | None = None, folder: str | Path | None = None) -> l
     folder = Path(folder) if folder else figures_root()
     figures = sorted(folder.glob("tsne_*.png")) if folder.is_dir() else []
     if pair:
-        key = pair.replace(" -> ", "_to_")
+        key = pair.replace(PAIR_SEPARATOR, "_to_")
         return [f for f in figures if key in f.stem] or figures
     return figures
 

@@ -93,7 +93,7 @@ def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # truncated, or not a torch file
-        detail = str(err).strip().split(". ")[0].splitlines()[0][:100] if str(err).strip() else type(err).__name__
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
         raise RuntimeError(f"{path} is corrupt or unreadable ({detail}); pass --fresh to start over "
                            f"(or delete it)") from None
     saved, now = state["config"], to_dict(cfg)

@@ -301,11 +301,28 @@ def evaluate(method: SourceOnly, data: DomainData, split: str, domain: int, fmt:
     return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": entropy.item(), "im": im.item()}
 
 
+def method_options(cfg: RunConfig) -> tuple[str, str, dict[str, Any]]:
+    """(method name, selection rule, the method's own hyper-parameters) from cfg.method."""
+    hp = dict(cfg.method)
+    return hp.pop("name", "dann"), hp.pop("select", "labelled_val"), hp
+
+
+def resolve_input_norm(cfg: RunConfig, source_channels: int, target_channels: int) -> RunConfig:
+    """cfg with model.input_norm="auto" replaced by what the domains' stored channel counts call for."""
+    if cfg.model.input_norm != "auto":
+        return cfg
+    # labels from a grey domain cannot teach colour, so a colour other domain is seen by its luminance only
+    labelled, other = (source_channels, target_channels)
+    if UDA_METHODS[method_options(cfg)[0]].labelled_domain == TARGET:
+        labelled, other = other, labelled
+    norm = "grey" if (labelled, other) == (1, 3) else "instance"
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_norm=norm))
+
+
 def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     """Train cfg.method["name"] from data.domain (labelled) to data.target_domain (unlabelled); select weights without
     target labels; write the checkpoint (default runs/<name>/checkpoint) with target test accuracy and the oracle."""
-    hp = dict(cfg.method)
-    name, select = hp.pop("name", "dann"), hp.pop("select", "labelled_val")
+    name, select, hp = method_options(cfg)
     if name not in UDA_METHODS:
         raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
     check_choice("method.select", select, SELECTION)
@@ -318,11 +335,7 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     fmt = memory_format(cfg.train.channels_last)
     src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
     tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
-    if cfg.model.input_norm == "auto":
-        # labels from a grey domain cannot teach colour, so a colour other domain is seen by its luminance only
-        labelled, other = (tgt, src) if UDA_METHODS[name].labelled_domain == TARGET else (src, tgt)
-        norm = "grey" if (labelled.channels, other.channels) == (1, 3) else "instance"
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_norm=norm))
+    cfg = resolve_input_norm(cfg, src.channels, tgt.channels)
     model = build_model(cfg.architecture, cfg.model).to(device)
     for domain, data in ((SOURCE, src), (TARGET, tgt)):
         model.set_input_stats(domain, *data.input_stats())
