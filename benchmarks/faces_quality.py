@@ -6,7 +6,10 @@ weights come from dlcv.inception, so nothing is downloaded). Each checkpoint sam
         --n 1000 --seed 0 --json runs/faces_quality.json
 
 A class-conditional generator (the Smiling ACGAN) writes N / K faces per label, and --attribute-classifier (default
-checkpoints/smiling_classifier) reports how often it predicts the requested label ("agreement").
+checkpoints/smiling_classifier) reports how often it predicts the requested label ("agreement"). A Smiling ACGAN
+also gets the identity check of its smiling pairs (--pairs of them, the same z with Smiling off and on): the mean
+cosine similarity of the pairs' Inception pool3 features ("pair_same") against that of mismatched pairs
+("pair_other"); pairs that stay one face score well above the mismatched ones.
 
 The reference features are cached (under $DLCV_CACHE/fidelity, default ~/.cache/dlcv/fidelity), so only the first
 checkpoint pays for the reference pass. For the floor of FID at N samples, score real faces against the reference:
@@ -26,8 +29,10 @@ import torch
 
 from dlcv import hub, service
 from dlcv.data.digits import read_image_folder
+from dlcv.data.loaders import to_image_range
 from dlcv.fileio import atomic_write_text
-from dlcv.metrics import accuracy, face_scores, per_class_accuracy, predict_logits
+from dlcv.inception import feature_extractor
+from dlcv.metrics import accuracy, face_scores, pair_similarity, per_class_accuracy, predict_logits
 
 
 def num_classes(checkpoint: str | Path) -> int:
@@ -45,6 +50,19 @@ def agreement(folder: Path, classifier: str | Path) -> dict[str, float]:
             **{f"agreement_{k}": round(v, 4) for k, v in per_label.items()}}
 
 
+@torch.no_grad()
+def pair_identity(checkpoint: str | Path, n: int, seed: int, batch_size: int = 50) -> dict[str, float]:
+    """pair_similarity of the Inception pool3 features of n smiling pairs (service.smiling_pairs, seed-fixed)."""
+    generator, _ = hub.load(checkpoint)
+    extractor = feature_extractor(fused=True)
+    features = []
+    for images in service.smiling_pairs(generator, n, seed=seed):
+        pixels = to_image_range(images).mul(255).round().byte()  # the extractor takes uint8, as in face_scores
+        features.append(torch.cat([extractor(pixels[i:i + batch_size])[0] for i in range(0, n, batch_size)]))
+    similarity = pair_similarity(*features)
+    return {"pair_same": round(similarity["same"], 4), "pair_other": round(similarity["other"], 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="generator checkpoint folders")
@@ -57,6 +75,7 @@ def main() -> None:
     parser.add_argument("--json", default="", metavar="PATH", help="also write the results here")
     parser.add_argument("--attribute-classifier", default="checkpoints/smiling_classifier",
                         help="checks a conditional generator's labels (its val accuracy bounds what agreement means)")
+    parser.add_argument("--pairs", type=int, default=200, help="smiling pairs for a Smiling ACGAN's identity check")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cache_name = args.cache_name or f"faces-{Path(args.ref).resolve().name}"
@@ -72,6 +91,8 @@ def main() -> None:
             folder = service.sample_to_folder(checkpoint, Path(tmp) / "samples", seed=args.seed, **count)
             sample_seconds = time.perf_counter() - start
             extra = agreement(folder, args.attribute_classifier) if k else {}
+            if k == 2:
+                extra.update(pair_identity(checkpoint, args.pairs, args.seed))
             start = time.perf_counter()
             scores = face_scores(folder, args.ref, kid_subset_size=args.kid_subset_size, cache_name=cache_name,
                                  batch_size=args.batch_size)

@@ -1,5 +1,5 @@
 """Pure evaluation functions: predictions, accuracy and per-class accuracy of a classifier over uint8 images;
-FID/KID of image folders (face_scores, torch-fidelity)."""
+FID/KID of image folders (face_scores, torch-fidelity); how alike paired images stay (pair_similarity)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def within_class_spread(images: torch.Tensor, labels: torch.Tensor) -> dict[int,
         d.fill_diagonal_(float("inf"))
         out[int(c)] = d.min(1).values.median().item()
     return out
+
+
+def pair_similarity(features_a: torch.Tensor, features_b: torch.Tensor) -> dict[str, float]:
+    """Mean cosine similarity of paired feature rows a_i, b_i ("same", e.g. one z with the attribute off and on) and
+    of mismatched rows a_i, b_(i-1) ("other", the same change between two z): "same" well above "other" means the
+    pairs keep what the rows share (a face's identity) while the attribute changes. Features are centred on their
+    joint mean first, so what all images share (pool3 features are >= 0) does not count as likeness: "other" is ~0."""
+    if len(features_a) != len(features_b) or len(features_a) < 2:
+        raise ValueError(f"pair_similarity needs two equally long feature sets of >= 2 rows; got {len(features_a)} "
+                         f"and {len(features_b)}")
+    mean = torch.cat([features_a, features_b]).double().mean(0)
+    a = nn.functional.normalize(features_a.double() - mean, dim=1)
+    b = nn.functional.normalize(features_b.double() - mean, dim=1)
+    return {"same": (a * b).sum(1).mean().item(), "other": (a * b.roll(1, 0)).sum(1).mean().item()}
 
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:

@@ -141,3 +141,35 @@ def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
     assert faces_quality.agreement(folder, tmp_path / "clf") == {"agreement": 0.5, "agreement_0": 0.0,
                                                                   "agreement_1": 1.0}
+
+
+def test_pair_similarity_scores_kept_pairs_above_mismatched_ones():
+    from dlcv.metrics import pair_similarity
+
+    g = torch.Generator().manual_seed(0)
+    identity = torch.randn(64, 32, generator=g) + 3.0  # a shared offset, as pool3 features all share one (>= 0)
+    change = torch.randn(1, 32, generator=g) * 0.3  # one attribute change, the same for every pair
+    kept = pair_similarity(identity, identity + change)
+    assert kept["same"] > 0.9 and abs(kept["other"]) < 0.2  # centred: the shared offset is not likeness
+    unrelated = pair_similarity(identity, torch.randn(64, 32, generator=g) + 3.0)
+    assert abs(unrelated["same"]) < 0.2 and abs(unrelated["other"]) < 0.2
+    with pytest.raises(ValueError, match="equally long"):
+        pair_similarity(identity, identity[:10])
+
+
+def test_faces_quality_pair_identity_of_a_smiling_acgan(weights, tiny_faces, tmp_path):
+    """The identity check runs end to end on a (tiny, 2-step) Smiling ACGAN and is seed-fixed."""
+    from conftest import load_script
+    from dlcv.config import apply_overrides
+    from dlcv.presets import get_preset
+    from dlcv.training import train
+
+    cfg = apply_overrides(get_preset("acgan_faces"), [
+        f"--data.root={tiny_faces}", f"--train.out_dir={tmp_path / 'runs'}", "--model.width=4", "--method.d_width=4",
+        "--model.conditioning=cbn", "--train.batch_size=4", "--train.steps=2", "--train.progress=false"])
+    checkpoint = train(cfg, out=tmp_path / "ckpt")
+    faces_quality = load_script("benchmarks/faces_quality.py")
+    first = faces_quality.pair_identity(checkpoint, n=6, seed=1, batch_size=4)
+    assert set(first) == {"pair_same", "pair_other"} and all(-1 <= v <= 1 for v in first.values())
+    assert faces_quality.pair_identity(checkpoint, n=6, seed=1, batch_size=4) == first
+    assert first["pair_same"] > first["pair_other"]  # 2 steps from an init where the classes start alike

@@ -15,7 +15,7 @@ from dlcv.config import apply_overrides, from_dict
 from dlcv.losses import (auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, mode_seeking_loss,
                          wasserstein_losses)
 from dlcv.models import build_model
-from dlcv.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from dlcv.models.gan import ConditionalBatchNorm2d, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from dlcv.presets import get_preset
 from dlcv.sampling import sample_gan
 from dlcv.training import train
@@ -52,13 +52,29 @@ def test_class_head_can_stay_out_of_spectral_norm():
 
 
 def test_conditional_generator_uses_the_label_and_needs_one():
-    for conditioning in ("concat", "multiply"):
+    for conditioning in ("concat", "multiply", "cbn"):
         generator = Generator(GeneratorConfig(image_size=28, width=4, num_classes=10, conditioning=conditioning)).eval()
         z = torch.randn(1, 100).expand(2, -1)
         x = generator(z, torch.tensor([1, 7]))
         assert not torch.allclose(x[0], x[1])  # same z, other digit -> another image
         with pytest.raises(ValueError, match="pass y"):
             generator(z)
+
+
+def test_cbn_conditioning_starts_with_classes_alike_and_keeps_z_unmixed():
+    """cbn: the class restyles batch-norm channels (gain ~ N(1, 0.02), shift 0 at init) and never enters as input, so
+    one z with either label starts as almost the same image, unlike z * e_y; both train and reload like the others."""
+    z = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    gaps = {}
+    for conditioning in ("multiply", "cbn"):
+        torch.manual_seed(0)
+        generator = Generator(GeneratorConfig(image_size=28, width=8, num_classes=2, conditioning=conditioning))
+        off, on = generator(z, torch.zeros(4, dtype=torch.long)), generator(z, torch.ones(4, dtype=torch.long))
+        gaps[conditioning] = (off - on).abs().mean().item() / (off - off.roll(1, 0)).abs().mean().item()
+    assert gaps["cbn"] < 0.2 < gaps["multiply"]
+    cbn = [m for m in generator.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert len(cbn) == 2 and generator.embed is None and generator.net[0].in_channels == 100
+    assert sum(p.numel() for m in cbn for p in m.parameters()) == 2 * 2 * (16 + 8)  # gain and shift per class
 
 
 def test_dcgan_init_and_unknown_size():

@@ -1,7 +1,8 @@
 """DCGAN generator and discriminator (Radford et al. 2016), shared by DCGAN, SNGAN, WGAN-GP and ACGAN.
 
 The variants differ by flags: the discriminator's `norm` and `spectral_norm`, and `num_classes > 0` for ACGAN
-(a class embedding in G, an auxiliary class head in D, Odena et al. 2017). Only the generator is shipped.
+(a class embedding or class-conditional batch norm in G, an auxiliary class head in D, Odena et al. 2017). Only the
+generator is shipped.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -43,12 +44,33 @@ class GeneratorConfig:
     image_size: int = 64  # 64 (faces) or 28 (digits)
     channels: int = 3
     width: int = 64  # channels of the last hidden layer; deeper layers have 2x, 4x, 8x this
-    num_classes: int = 0  # > 0: ACGAN, one learned embedding per class
-    conditioning: Literal["concat", "multiply"] = "concat"  # how the class embedding meets z
+    num_classes: int = 0  # > 0: ACGAN, conditioned on the class as `conditioning` says
+    # concat / multiply: a learned class embedding e_y meets z as [z, e_y] / z * e_y; cbn: z alone enters and every
+    # batch norm takes its gain and shift from the class (ConditionalBatchNorm2d)
+    conditioning: Literal["concat", "multiply", "cbn"] = "concat"
 
     def __post_init__(self) -> None:
         check_choice("model.image_size", self.image_size, tuple(START_SIZE))
-        check_choice("model.conditioning", self.conditioning, ("concat", "multiply"))
+        check_choice("model.conditioning", self.conditioning, ("concat", "multiply", "cbn"))
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch norm whose per-channel gain gamma_y and shift beta_y are looked up by class y (de Vries et al. 2017, the
+    generator of Miyato & Koyama 2018 and BigGAN). The class only restyles channels, so z alone sets what two classes'
+    images share: the same z with Smiling off and on stays the same face."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.shift = nn.Embedding(num_classes, channels)
+        # DCGAN's batch-norm init for every class (gamma ~ N(1, 0.02), beta = 0): the classes start almost alike
+        nn.init.normal_(self.gain.weight, 1.0, 0.02)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gain, shift = self.gain(y)[:, :, None, None], self.shift(y)[:, :, None, None]  # (B, C) -> (B, C, 1, 1)
+        return self.norm(x) * gain.to(x.dtype) + shift.to(x.dtype)
 
 
 class Generator(nn.Module):
@@ -61,15 +83,19 @@ class Generator(nn.Module):
         widths = [config.width * 2 ** (n_up - 1 - i) for i in range(n_up)]  # 64: 8w, 4w, 2w, w; 28: 2w, w
         z_in = config.z_dim
         self.embed = None
-        if config.num_classes > 0:
+        if config.num_classes > 0 and config.conditioning != "cbn":
             self.embed = nn.Embedding(config.num_classes, config.z_dim)
             z_in = 2 * config.z_dim if config.conditioning == "concat" else config.z_dim
+        cbn = config.num_classes > 0 and config.conditioning == "cbn"
+
+        def norm(channels: int) -> nn.Module:
+            return ConditionalBatchNorm2d(channels, config.num_classes) if cbn else nn.BatchNorm2d(channels)
+
         # a 1x1 "image" of z becomes the start feature map, as in the DCGAN paper's projection
         layers = [nn.ConvTranspose2d(z_in, widths[0], START_SIZE[config.image_size], 1, 0, bias=False),
-                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+                  norm(widths[0]), nn.ReLU(inplace=True)]
         for c_in, c_out in zip(widths, widths[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), norm(c_out), nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(widths[-1], config.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
@@ -80,13 +106,16 @@ class Generator(nn.Module):
         return self.config.z_dim
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.num_classes > 0 and y is None:
+            raise ValueError(f"this generator is class-conditional: pass y, (B,) ints in "
+                             f"[0, {self.config.num_classes})")
         if self.embed is not None:
-            if y is None:
-                raise ValueError(f"this generator is class-conditional: pass y, (B,) ints in "
-                                 f"[0, {self.config.num_classes})")
             e = self.embed(y)
             z = torch.cat([z, e], dim=1) if self.config.conditioning == "concat" else z * e
-        return self.net(z[:, :, None, None])  # (B, z_in) -> (B, z_in, 1, 1)
+        h = z[:, :, None, None]  # (B, z_in) -> (B, z_in, 1, 1)
+        for layer in self.net:
+            h = layer(h, y) if isinstance(layer, ConditionalBatchNorm2d) else layer(h)
+        return h
 
 
 @dataclass
