@@ -124,7 +124,7 @@ def _uda(method: str, domain_bn: bool, **options: object) -> RunConfig:
         data=DataConfig(dataset="digits", domain="mnistm", target_domain="usps", image_size=28, channels=3),
         # 5000 steps: VADA runs ~22 steps/s with 8 runs sharing an H100 (DANN ~64), so a run takes ~4 min there
         train=TrainConfig(steps=5000, batch_size=64, lr=1e-3, betas=(0.9, 0.999), log_every=100,
-                          eval_every=500, save_every=0),
+                          eval_every=500, save_every=500),
         method={"name": method, "select": "labelled_val", **options},
     )
 

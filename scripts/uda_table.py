@@ -9,8 +9,9 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
     python scripts/uda_table.py --data data --pack runs/digits.npz   # carry the data (~45 MB) to a GPU machine ...
     python scripts/uda_table.py --unpack runs/digits.npz --data data --jobs 12    # ... rebuild it there, then train
 
-A run whose results/<run>.json exists is skipped, so an interrupted table resumes; a target-only run is shared by the
-pairs with the same target. Model selection inside each run uses source val accuracy only; the oracle
+A run whose results/<run>.json exists is skipped, and a run cut short continues from its last state (every 500 steps)
+when its config is unchanged, so an interrupted table resumes; a target-only run is shared by the pairs with the same
+target. Model selection inside each run uses source val accuracy only; the oracle
 (target-val-selected) figure is reported in its own column.
 """
 
@@ -88,17 +89,46 @@ def plan(args: argparse.Namespace) -> list[dict]:
     return sorted(runs, key=lambda r: (order.get(r["method"], 9), r["name"]))
 
 
+def train_overrides(run: dict, args: argparse.Namespace) -> list[str]:
+    """The `python -m dlcv train <preset>` overrides of one run."""
+    out = Path(args.out)
+    overrides = [f"--data.root={args.data}", f"--data.domain={run['source']}", f"--data.target_domain={run['target']}",
+                 f"--train.seed={run['seed']}", f"--train.out_dir={out / 'runs'}", f"--name={run['name']}",
+                 "--train.progress=false", f"--train.device={args.device}", *run["overrides"], *args.set]
+    steps = args.steps.get(run["method"], args.steps.get("*"))
+    return overrides + ([f"--train.steps={steps}"] if steps else [])
+
+
+def resumable(run: dict, args: argparse.Namespace) -> bool:
+    """True when the run was cut short with the same config (train section included: lambda_p and the lr follow the
+    total step count), so it continues from its last state.pt instead of starting over with --fresh."""
+    import torch
+
+    from dlcv.config import apply_overrides, to_dict
+    from dlcv.presets import get_preset
+    from dlcv.training.common import STATE_NAME, run_dir
+
+    cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
+    path = run_dir(cfg) / STATE_NAME
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    except Exception:  # unreadable: --fresh replaces it
+        return False
+    now = to_dict(cfg)
+    if now["model"].get("input_norm") == "auto":  # stored as what it resolved to (from the domains, compared below)
+        now["model"]["input_norm"] = saved["model"].get("input_norm")
+    return all(saved.get(key) == now.get(key) for key in ("architecture", "model", "data", "method", "train"))
+
+
 def run_one(run: dict, args: argparse.Namespace) -> dict:
     """Train one run in a subprocess (one thread, its own CUDA context); write results/<name>.json."""
     out = Path(args.out)
     ckpt = out / "checkpoints" / run["name"]
-    command = [sys.executable, "-m", "dlcv", "train", run["preset"], "--fresh", "--out", str(ckpt),
-               f"--data.root={args.data}", f"--data.domain={run['source']}", f"--data.target_domain={run['target']}",
-               f"--train.seed={run['seed']}", f"--train.out_dir={out / 'runs'}", f"--name={run['name']}",
-               "--train.progress=false", f"--train.device={args.device}", *run["overrides"], *args.set]
-    steps = args.steps.get(run["method"], args.steps.get("*"))
-    if steps:
-        command.append(f"--train.steps={steps}")
+    fresh = [] if resumable(run, args) else ["--fresh"]
+    command = [sys.executable, "-m", "dlcv", "train", run["preset"], *fresh, "--out", str(ckpt),
+               *train_overrides(run, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -104,6 +104,36 @@ def test_dann_ema_ships_the_weight_average(tiny_digits, tmp_path):
     assert meta["run"]["method"]["ema_decay"] == 0.5
 
 
+@pytest.mark.parametrize("method", ["dann", "vada"])
+def test_interrupted_run_resumes_to_the_same_weights(method, tiny_digits, tmp_path, monkeypatch):
+    """Killed during step 4 of 5 with state saved every 2 steps, a rerun resumes at step 3 and ends with the weights,
+    selection and metrics of an uninterrupted run (the batches, lambda_p, lr, weight average and best-so-far resume)."""
+    extra = ["--train.steps=5", "--train.save_every=2", "--train.log_every=1"]
+    whole = train(uda_cfg(method, tiny_digits, tmp_path, *extra, "--name=whole"), out=tmp_path / "whole")
+    cfg = uda_cfg(method, tiny_digits, tmp_path, *extra, "--name=cut")
+    update, calls = UDA_METHODS[method].update, []
+
+    def dies_in_step_four(self, *batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return update(self, *batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(UDA_METHODS[method], "update", dies_in_step_four)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, out=tmp_path / "cut")
+    resumed = train(cfg, out=tmp_path / "cut")
+    assert hub.weights_sha256(resumed) == hub.weights_sha256(whole)
+    drop = ("steps_per_s", "train_seconds")
+    metrics = [{k: v for k, v in hub.load(path)[1]["metrics"].items() if k not in drop} for path in (whole, resumed)]
+    assert metrics[0] == metrics[1]
+    lines = (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == [1, 2, 3, 3, 4, 5]  # step 3's line was written before the kill, and again after the resume
+    assert hub.weights_sha256(train(cfg, out=tmp_path / "again")) == hub.weights_sha256(whole)  # finished: no retrain
+
+
 def test_uda_needs_a_distinct_target(tiny_digits, tmp_path):
     with pytest.raises(ValueError, match="target_domain"):
         train(uda_cfg("dann", tiny_digits, tmp_path, "--data.target_domain=mnistm"))
@@ -190,6 +220,21 @@ def test_uda_table_steps_per_method_and_bad_items():
         table.parse_steps("danm=3000")
     with pytest.raises(SystemExit, match="must be N or method=N"):
         table.parse_steps("dann=many")
+
+
+def test_uda_table_resumes_a_run_cut_short_only_with_its_own_config(tiny_digits, tmp_path):
+    import argparse
+
+    table = _uda_table()
+    args = argparse.Namespace(out=str(tmp_path / "table"), data=str(tiny_digits), device="cpu",
+                              steps={"dann": 2}, set=TINY[1:])  # TINY without its --train.steps
+    run = table.plan(argparse.Namespace(pairs="mnistm:usps", methods="dann", seeds="0", ablation="", data=""))[0]
+    assert not table.resumable(run, args)  # nothing saved yet
+    cfg = apply_overrides(get_preset(run["preset"]), table.train_overrides(run, args))
+    train(cfg, out=tmp_path / "ckpt")  # leaves runs/<name>/state.pt
+    assert table.resumable(run, args)
+    assert not table.resumable(run, argparse.Namespace(**{**vars(args), "steps": {"dann": 3}}))  # another schedule
+    assert not table.resumable(run, argparse.Namespace(**{**vars(args), "set": [*args.set, "--method.ema_decay=0"]}))
 
 
 def test_uda_table_reuses_target_only_across_sources(tmp_path):

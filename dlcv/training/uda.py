@@ -27,7 +27,7 @@ from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, UDANet
 from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
-from dlcv.training.common import MetricLog, ema_copy, every, run_dir
+from dlcv.training.common import MetricLog, ema_copy, every, load_state, run_dir, save_state
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ class SourceOnly:
 
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
         return {}
+
+    def state_modules(self) -> dict[str, Any]:
+        """Everything with a state dict that a resumed run needs back (training/common.save_state)."""
+        modules = {"model": self.model, "opt": self.opt, "sched": self.sched,
+                   **{f"extra.{name}": module for name, module in self.extra.items()}}
+        if getattr(self, "average", None) is not None:
+            modules["average"] = self.average
+        return modules
 
     @property
     def progress(self) -> float:
@@ -348,10 +356,17 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
         return {k: v.detach().clone() for k, v in method.eval_model.state_dict().items()}
 
     best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
-    bar = tqdm(range(cfg.train.steps), desc=cfg.name, disable=not cfg.train.progress)
+    train_time = 0.0
+    start, extra = load_state(cfg, method.state_modules())
+    if start:  # resumed: the step count drives lambda_p, and the batches and best weights go on where they were
+        method.step, train_time = start, extra["train_time"]
+        generator.set_state(extra["batch_rng"])
+        best = {key: tuple(value) for key, value in extra["best"].items()}
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
+               disable=not cfg.train.progress)
     metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
     model.train()
-    train_time, tick = 0.0, time.perf_counter()
+    tick = time.perf_counter()
     for step in bar:
         x_lab, y_lab = labelled.batch(cfg.train.batch_size, generator, fmt)
         x_tgt, _ = tgt.batch(cfg.train.batch_size, generator, fmt)  # target labels are never read here
@@ -374,6 +389,11 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
             tick = time.perf_counter()
         if every(step, cfg.train.log_every) or last or extra_log:
             metrics.flush(step + 1, extra_log)
+        if every(step, cfg.train.save_every) or last:  # at the end too: a rerun then only rewrites the checkpoint
+            train_time += time.perf_counter() - tick
+            save_state(cfg, step + 1, method.state_modules(), {"train_time": train_time, "best": best,
+                                                               "batch_rng": generator.get_state()})
+            tick = time.perf_counter()
     if cfg.train.steps == 0:
         raise RuntimeError(f"{cfg.name}: train.steps=0 trains nothing; use --train.steps >= 1")
     final = method.eval_model
