@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import statistics
 import subprocess
@@ -114,7 +115,7 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
         return False
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
-    except Exception:  # unreadable: --fresh replaces it
+    except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError):  # unreadable: --fresh replaces it
         return False
     now = to_dict(cfg)
     if now["model"].get("input_norm") == "auto":  # stored as what it resolved to (from the domains, compared below)

@@ -95,11 +95,8 @@ class SourceOnly:
 
     def state_modules(self) -> dict[str, Any]:
         """Everything with a state dict that a resumed run needs back (training/common.save_state)."""
-        modules = {"model": self.model, "opt": self.opt, "sched": self.sched,
-                   **{f"extra.{name}": module for name, module in self.extra.items()}}
-        if getattr(self, "average", None) is not None:
-            modules["average"] = self.average
-        return modules
+        return {"model": self.model, "opt": self.opt, "sched": self.sched,
+                **{f"extra.{name}": module for name, module in self.extra.items()}}
 
     @property
     def progress(self) -> float:
@@ -170,6 +167,10 @@ class DANN(SourceOnly):
     @property
     def eval_model(self) -> UDANet:
         return self.average.module if self.average is not None else self.model
+
+    def state_modules(self) -> dict[str, Any]:
+        average = {"average": self.average} if self.average is not None else {}
+        return {**super().state_modules(), **average}
 
     def after_step(self) -> None:
         if self.average is not None:
