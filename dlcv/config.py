@@ -58,7 +58,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # > 0: stop at this wall-clock budget (a leased GPU), saving state and checkpoint
     snapshot_every: int = 0  # > 0: also write the shippable model every n steps, to pick the best one by a metric
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
-    amp: bool = True  # bf16 autocast where the device supports it
+    amp: bool = True  # bf16 autocast where the device computes bf16 natively (runtime.bf16_native)
     channels_last: bool = True
     deterministic: bool = False
     progress: bool = True

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from dlcv.diffusion import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, guided_eps
+from dlcv.runtime import autocast
 
 
 def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
@@ -81,7 +82,7 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
         for i, t in enumerate(timesteps):
             if t in kept:
                 kept[t].append(x.float().cpu())  # x_t before the step from t
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, amp):
                 in_interval = guidance_interval is None or guidance_interval[0] <= t <= guidance_interval[1]
                 reuse = eps_uncond if guided_steps % uncond_every else None
                 eps, eps_uncond = predict_eps_parts(model, x, t, y, guidance if in_interval else 0.0, reuse)

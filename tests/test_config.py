@@ -63,3 +63,21 @@ def test_data_root_comes_from_environment(monkeypatch):
     from dlcv.config import DataConfig
 
     assert DataConfig().root == "/somewhere/data"
+
+
+def test_autocast_only_where_bf16_is_native(monkeypatch):
+    """train.amp asks for bf16; a device that would emulate it (an AVX2-only CPU, ~10x slower) runs fp32 instead."""
+    import torch
+
+    import dlcv.runtime as runtime
+
+    assert runtime.bf16_native(torch.device("meta")) is False
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "bf16_native", lambda device: False)
+    with runtime.autocast(cpu, True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(runtime, "bf16_native", lambda device: True)
+    with runtime.autocast("cpu", True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with runtime.autocast(cpu, False):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
