@@ -2,6 +2,7 @@
 trip, the predict CSV for a UDA checkpoint, grey -> 3-channel handling and bad image folders."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +64,30 @@ def test_each_method_trains_two_steps_and_round_trips(method, tiny_digits, tmp_p
     assert torch.equal(again(x), logits)  # save -> load gives identical outputs
     lines = (tmp_path / "runs" / f"uda_{method}_test" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
+
+
+@pytest.mark.parametrize("method", ["dann", "vada"])
+def test_ganin_arch_trains_and_round_trips(method, tiny_digits, tmp_path):
+    out = train(uda_cfg(method, tiny_digits, tmp_path, "--model.arch=ganin", "--model.width=32"), out=tmp_path / "ckpt")
+    model, _ = hub.load(out)
+    assert model.config.arch == "ganin" and model.feature_dim == 48 * 4 * 4  # the paper's 32, 48 channels
+    x = torch.rand(3, 3, 28, 28) * 2 - 1
+    assert model(x).shape == (3, 10) and model.features(x).shape == (3, 768)
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["arch"] == "ganin"
+    with pytest.raises(ValueError, match="model.arch"):
+        UDANetConfig(arch="lenet")
+
+
+def test_a_config_without_arch_loads_as_dirtt(uda_checkpoint, tmp_path):
+    """Checkpoints shipped before model.arch existed carry no such key and must still load."""
+    copy = tmp_path / "old"
+    shutil.copytree(uda_checkpoint, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["config"].pop("arch", None)
+    (copy / "config.json").write_text(json.dumps(config))
+    model, _ = hub.load(copy)
+    assert model.config.arch == "dirtt"
 
 
 def test_vada_parts_switch_off(tiny_digits, tmp_path):

@@ -1,5 +1,6 @@
-"""The digit network for unsupervised domain adaptation: the DIRT-T-style small CNN (Shu et al. 2018) with
-per-domain input normalisation and per-domain batch-norm statistics, both carried by the checkpoint."""
+"""The digit network for unsupervised domain adaptation: the DIRT-T-style small CNN (Shu et al. 2018) or Ganin &
+Lempitsky's MNIST network, with per-domain input normalisation and per-domain batch-norm statistics, both carried by
+the checkpoint."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ SOURCE, TARGET = 0, 1  # domain indices of the normalisation buffers and batch-n
 
 @dataclass
 class UDANetConfig:
-    """width w: convs w, w | pool | 2w, 2w | pool | 2w, 2w | global average -> features (B, 2w) -> logits."""
+    """arch "dirtt", width w: 3x3 convs w, w | pool | 2w, 2w | pool | 2w, 2w | global average -> features (B, 2w)
+    -> linear logits. arch "ganin" (Ganin et al. 2016's MNIST network; w=32 is the paper's): 5x5 convs w | pool |
+    3w/2 | pool -> flattened features (B, 3w/2*4*4) -> FC 100, 100 -> logits; ~1/20 of dirtt's FLOPs at w=64."""
 
     in_channels: int = 3
     image_size: int = 28
     num_classes: int = 10
     width: int = 64
+    arch: Literal["dirtt", "ganin"] = "dirtt"
     domain_bn: bool = True  # separate BN statistics for source and target (AdaBN); False: one shared set
     # per-domain channel mean/std; per-image standardising; that of the luminance (colour-blind); or "auto", which
     # train_uda resolves from the data: grey when the labelled domain is grey and the other colour, else instance
@@ -32,6 +36,9 @@ class UDANetConfig:
 
     def __post_init__(self) -> None:
         check_choice("model.input_norm", self.input_norm, ("domain", "instance", "grey", "auto"))
+        check_choice("model.arch", self.arch, ("dirtt", "ganin"))
+        if self.arch == "ganin" and self.image_size != 28:
+            raise ValueError(f"model.arch='ganin' takes 28x28 images, not {self.image_size}; use model.arch='dirtt'")
         if self.in_channels not in (1, 3):
             raise ValueError(f"model.in_channels={self.in_channels}; use 3 (grey domains are replicated) or 1")
 
@@ -47,12 +54,19 @@ class UDANet(nn.Module):
                              "build a UDANet with 'grey', 'instance' or 'domain'")
         self.config = config
         w, c = config.width, config.in_channels
-        widths = [(c, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w)]
         domains = 2 if config.domain_bn else 1
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in widths)
+        if config.arch == "ganin":
+            widths, kernel, padding = [(c, w), (w, 3 * w // 2)], 5, 0
+            self.feature_dim = 3 * w // 2 * 4 * 4  # 28 -conv-> 24 -pool-> 12 -conv-> 8 -pool-> 4
+            self.head: nn.Module = nn.Sequential(
+                nn.Linear(self.feature_dim, 100), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+                nn.Linear(100, 100), nn.ReLU(inplace=True), nn.Linear(100, config.num_classes))
+        else:
+            widths, kernel, padding = [(c, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w)], 3, 1
+            self.feature_dim = 2 * w
+            self.head = nn.Linear(2 * w, config.num_classes)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel, padding=padding, bias=False) for a, b in widths)
         self.norms = nn.ModuleList(DomainBatchNorm2d(b, domains) for _, b in widths)
-        self.head = nn.Linear(2 * w, config.num_classes)
-        self.feature_dim = 2 * w
         # (domain, C): the input statistics of each domain in [-1, 1] units, set by the training loop
         self.register_buffer("input_mean", torch.zeros(2, c))
         self.register_buffer("input_std", torch.ones(2, c))
@@ -74,16 +88,19 @@ class UDANet(nn.Module):
         return (x - mean[:, :, None, None]) / std[:, :, None, None]
 
     def trunk(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
-        """Features (B, 2w) of a batch made of per-domain chunks, e.g. ((SOURCE, 64), (TARGET, 64))."""
+        """Features (B, feature_dim) of a batch made of per-domain chunks, e.g. ((SOURCE, 64), (TARGET, 64))."""
         x = self._normalize(x, segments)
+        pools = (0, 1) if self.config.arch == "ganin" else (1, 3)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = conv_norm_act(conv, norm, x, segments)
-            if i in (1, 3):
+            if i in pools:
                 x = F.dropout(F.max_pool2d(x, 2), self.config.dropout, self.training)
+        if self.config.arch == "ganin":
+            return x.flatten(1)  # (B, 3w/2, 4, 4) -> (B, 24w)
         return x.mean(dim=(2, 3))  # (B, 2w, 7, 7) -> (B, 2w)
 
     def features(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
-        """Penultimate features (B, 2w) of a one-domain batch (t-SNE, the domain classifier)."""
+        """Features (B, feature_dim) that the domain classifier sees, of a one-domain batch (t-SNE, the domain classifier)."""
         return self.trunk(x, ((domain, x.shape[0]),))
 
     embed = features  # the name dlcv.metrics.embed calls
