@@ -16,7 +16,7 @@ from dlcv.models.blocks import GradientReversal, grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, UDANet, UDANetConfig
 from dlcv.presets import get_preset
 from dlcv.training import train
-from dlcv.training.uda import UDA_METHODS, annealed_lr, augment, dann_lambda
+from dlcv.training.uda import UDA_METHODS, annealed_lr, augment, dann_lambda, export_final
 
 from conftest import load_script, write_digits_domain
 
@@ -88,6 +88,21 @@ def test_a_config_without_arch_loads_as_dirtt(uda_checkpoint, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     model, _ = hub.load(copy)
     assert model.config.arch == "dirtt"
+
+
+def test_export_final_ships_the_last_weights_measured_afresh(tiny_digits, tmp_path):
+    cfg = uda_cfg("dann", tiny_digits, tmp_path)
+    trained = hub.read_config(train(cfg, out=tmp_path / "ckpt"))["metrics"]
+    out = export_final(cfg, tmp_path / "final")
+    meta = hub.read_config(out)
+    assert meta["run"]["method"]["select"] == "last" and meta["metrics"]["selected_by"] == "last"
+    assert meta["metrics"]["selected_step"] == 2
+    assert meta["metrics"]["target_test_acc"] == trained["last_step_target_test_acc"]
+    assert meta["metrics"]["oracle_target_test_acc"] == trained["oracle_target_test_acc"]
+    hub.load(out)
+    longer = apply_overrides(cfg, ["--train.steps=4"])  # a run cut short: its final weights are not final yet
+    with pytest.raises(RuntimeError, match="stopped at step 2 of 4"):
+        export_final(longer, tmp_path / "nope")
 
 
 def test_vada_parts_switch_off(tiny_digits, tmp_path):

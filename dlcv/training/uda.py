@@ -103,6 +103,10 @@ class SourceOnly:
         """p in [0, 1]: the share of training done."""
         return min(1.0, self.step / self.total_steps)
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the evaluated weights (best-so-far bookkeeping)."""
+        return {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
+
     @property
     def eval_model(self) -> UDANet:
         """The network that is evaluated and shipped."""
@@ -331,31 +335,18 @@ def resolve_input_norm(cfg: RunConfig, source_channels: int, target_channels: in
 def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     """Train cfg.method["name"] from data.domain (labelled) to data.target_domain (unlabelled); select weights without
     target labels; write the checkpoint (default runs/<name>/checkpoint) with target test accuracy and the oracle."""
-    name, select, hp = method_options(cfg)
+    name, select, _ = method_options(cfg)
     if name not in UDA_METHODS:
         raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
     check_choice("method.select", select, SELECTION)
     if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
         raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
                          "e.g. --data.domain=mnistm --data.target_domain=usps")
-    seed_everything(cfg.train.seed)
-    set_deterministic(cfg.train.deterministic)
-    device = pick_device(cfg.train.device)
-    fmt = memory_format(cfg.train.channels_last)
-    src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
-    tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
-    cfg = resolve_input_norm(cfg, src.channels, tgt.channels)
-    model = build_model(cfg.architecture, cfg.model).to(device)
-    for domain, data in ((SOURCE, src), (TARGET, tgt)):
-        model.set_input_stats(domain, *data.input_stats())
-    model = model.to(memory_format=fmt)
-    method = UDA_METHODS[name](model, hp, cfg.train)
-    labelled = tgt if method.labelled_domain == TARGET else src
+    cfg, src, tgt, method = _setup(cfg)
+    labelled, fmt = tgt if method.labelled_domain == TARGET else src, memory_format(cfg.train.channels_last)
+    device = method.model.input_mean.device
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in method.eval_model.state_dict().items()}
-
+    snapshot = method.snapshot
     best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
     train_time = 0.0
     start, extra = load_state(cfg, method.state_modules())
@@ -366,7 +357,7 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
     metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
-    model.train()
+    method.model.train()
     tick = time.perf_counter()
     for step in bar:
         x_lab, y_lab = labelled.batch(cfg.train.batch_size, generator, fmt)
@@ -397,6 +388,50 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
             tick = time.perf_counter()
     if cfg.train.steps == 0:
         raise RuntimeError(f"{cfg.name}: train.steps=0 trains nothing; use --train.steps >= 1")
+    return _finish(cfg, method, src, tgt, best, train_time, out)
+
+
+def _setup(cfg: RunConfig) -> tuple[RunConfig, DomainData, DomainData, SourceOnly]:
+    """Seed, load both domains, resolve input_norm=auto, build the model with each domain's input statistics and
+    wrap it in its method (train_uda and export_final start the same way)."""
+    name, _, hp = method_options(cfg)
+    seed_everything(cfg.train.seed)
+    set_deterministic(cfg.train.deterministic)
+    device = pick_device(cfg.train.device)
+    fmt = memory_format(cfg.train.channels_last)
+    src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
+    tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
+    cfg = resolve_input_norm(cfg, src.channels, tgt.channels)
+    model = build_model(cfg.architecture, cfg.model).to(device)
+    for domain, data in ((SOURCE, src), (TARGET, tgt)):
+        model.set_input_stats(domain, *data.input_stats())
+    model = model.to(memory_format=fmt)
+    return cfg, src, tgt, UDA_METHODS[name](model, hp, cfg.train)
+
+
+def export_final(cfg: RunConfig, out: str | Path) -> Path:
+    """Write the checkpoint of a finished run's *final* weights (its state.pt at train.steps), every figure measured
+    afresh on them, with method.select='last' in its config: the label-free 'final weights' rule for a run trained
+    under another selection rule. Selection never changes training, so this is the run that select=last would give."""
+    name, _, _ = method_options(cfg)
+    if name not in UDA_METHODS:
+        raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
+    cfg, src, tgt, method = _setup(cfg)
+    start, extra = load_state(cfg, method.state_modules())
+    if start != cfg.train.steps:
+        raise RuntimeError(f"{run_dir(cfg)}: the run stopped at step {start} of {cfg.train.steps}; finish it first "
+                           f"(rerun the same command: it resumes) and then export its final weights")
+    best = {key: tuple(value) for key, value in extra["best"].items()}
+    best["selected"] = (math.inf, start, method.snapshot())
+    cfg = dataclasses.replace(cfg, method={**cfg.method, "select": "last"})
+    return _finish(cfg, method, src, tgt, best, extra["train_time"], out)
+
+
+def _finish(cfg: RunConfig, method: SourceOnly, src: DomainData, tgt: DomainData, best: dict[str, tuple],
+            train_time: float, out: str | Path | None) -> Path:
+    """Measure the selected and the oracle weights on target test, then save the selected ones with the figures."""
+    (name, select, _), fmt = method_options(cfg), memory_format(cfg.train.channels_last)
+    labelled = tgt if method.labelled_domain == TARGET else src
     final = method.eval_model
     result: dict[str, Any] = {"method": name, "source": src.name, "target": tgt.name, "steps": cfg.train.steps,
                               "steps_per_s": round(cfg.train.steps / max(train_time, 1e-9), 3),
