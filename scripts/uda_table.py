@@ -330,7 +330,7 @@ def table_runs(args: argparse.Namespace, methods: tuple[str, ...]) -> list[dict]
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["method"] in methods
             and (wanted is None or (r["source"], r["target"]) in wanted)]
-    return [final_checkpoint(r, args) for r in runs] if getattr(args, "final", False) else runs
+    return [final_checkpoint(r, args) for r in runs] if args.final else runs
 
 
 def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:

@@ -100,7 +100,7 @@ class UDANet(nn.Module):
         return x.mean(dim=(2, 3))  # (B, 2w, 7, 7) -> (B, 2w)
 
     def features(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
-        """Features (B, feature_dim) that the domain classifier sees, of a one-domain batch (t-SNE, the domain classifier)."""
+        """Features (B, feature_dim) of a one-domain batch: what the domain classifier and t-SNE see."""
         return self.trunk(x, ((domain, x.shape[0]),))
 
     embed = features  # the name dlcv.metrics.embed calls

@@ -335,18 +335,11 @@ def resolve_input_norm(cfg: RunConfig, source_channels: int, target_channels: in
 def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
     """Train cfg.method["name"] from data.domain (labelled) to data.target_domain (unlabelled); select weights without
     target labels; write the checkpoint (default runs/<name>/checkpoint) with target test accuracy and the oracle."""
-    name, select, _ = method_options(cfg)
-    if name not in UDA_METHODS:
-        raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
-    check_choice("method.select", select, SELECTION)
-    if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
-        raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
-                         "e.g. --data.domain=mnistm --data.target_domain=usps")
     cfg, src, tgt, method = _setup(cfg)
+    select = method_options(cfg)[1]
     labelled, fmt = tgt if method.labelled_domain == TARGET else src, memory_format(cfg.train.channels_last)
     device = method.model.input_mean.device
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    snapshot = method.snapshot
     best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
     train_time = 0.0
     start, extra = load_state(cfg, method.state_modules())
@@ -373,9 +366,9 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
             tgt_val = evaluate(method, tgt, "val", TARGET, fmt)
             score = {"labelled_val": lab_val["acc"], "target_im": tgt_val["im"], "last": step}[select]
             if score >= best["selected"][0]:  # ties go to the later step
-                best["selected"] = (score, step + 1, snapshot())
+                best["selected"] = (score, step + 1, method.snapshot())
             if tgt_val["acc"] >= best["oracle"][0]:  # oracle: reads target val labels; reported apart, never shipped
-                best["oracle"] = (tgt_val["acc"], step + 1, snapshot())
+                best["oracle"] = (tgt_val["acc"], step + 1, method.snapshot())
             extra_log = {"labelled_val_acc": round(lab_val["acc"], 5), "target_val_acc": round(tgt_val["acc"], 5),
                          "target_val_im": round(tgt_val["im"], 5), "steps_per_s": round((step + 1) / train_time, 2)}
             tick = time.perf_counter()
@@ -392,9 +385,15 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
 
 
 def _setup(cfg: RunConfig) -> tuple[RunConfig, DomainData, DomainData, SourceOnly]:
-    """Seed, load both domains, resolve input_norm=auto, build the model with each domain's input statistics and
-    wrap it in its method (train_uda and export_final start the same way)."""
-    name, _, hp = method_options(cfg)
+    """Check the method and domains, seed, load both domains, resolve input_norm=auto, build the model with each
+    domain's input statistics and wrap it in its method (train_uda and export_final start the same way)."""
+    name, select, hp = method_options(cfg)
+    if name not in UDA_METHODS:
+        raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
+    check_choice("method.select", select, SELECTION)
+    if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
+        raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
+                         "e.g. --data.domain=mnistm --data.target_domain=usps")
     seed_everything(cfg.train.seed)
     set_deterministic(cfg.train.deterministic)
     device = pick_device(cfg.train.device)
@@ -413,9 +412,6 @@ def export_final(cfg: RunConfig, out: str | Path) -> Path:
     """Write the checkpoint of a finished run's *final* weights (its state.pt at train.steps), every figure measured
     afresh on them, with method.select='last' in its config: the label-free 'final weights' rule for a run trained
     under another selection rule. Selection never changes training, so this is the run that select=last would give."""
-    name, _, _ = method_options(cfg)
-    if name not in UDA_METHODS:
-        raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
     cfg, src, tgt, method = _setup(cfg)
     start, extra = load_state(cfg, method.state_modules())
     if start != cfg.train.steps:
