@@ -115,7 +115,7 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-def _uda(method: str, domain_bn: bool, **options: object) -> RunConfig:
+def _uda(method: str, domain_bn: bool, select: str = "labelled_val", **options: object) -> RunConfig:
     """A UDA run on digits (issue 5): --data.domain (labelled source) -> --data.target_domain (unlabelled)."""
     return RunConfig(
         name=f"uda_{method}", family="uda", architecture="uda_net",
@@ -125,7 +125,7 @@ def _uda(method: str, domain_bn: bool, **options: object) -> RunConfig:
         # 5000 steps: VADA runs ~22 steps/s with 8 runs sharing an H100 (DANN ~64), so a run takes ~4 min there
         train=TrainConfig(steps=5000, batch_size=64, lr=1e-3, betas=(0.9, 0.999), log_every=100,
                           eval_every=500, save_every=500),
-        method={"name": method, "select": "labelled_val", **options},
+        method={"name": method, "select": select, **options},
     )
 
 
@@ -140,6 +140,9 @@ PRESETS.update({
     # 88.1 -> 90.3, MNIST->USPS 95.3 -> 96.4, USPS->MNIST 94.3 -> 97.0); --method.ema_decay=0 is the plain DANN
     "uda_dann": _uda("dann", domain_bn=False, ema_decay=0.999),
     "uda_vada": _uda("vada", domain_bn=True),
+    # DIRT-T-style refinement of a trained run: --method.init=<its checkpoint> and the same --model.* options.
+    # Its final weights are shipped: it starts where source val has saturated, so source val cannot rank its steps
+    "uda_refine": _uda("refine", domain_bn=False, select="last"),
     "uda_target_only": _uda("target_only", domain_bn=False),
 })
 

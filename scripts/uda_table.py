@@ -6,6 +6,8 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
     python scripts/uda_table.py --out runs/uda_table --report                                   # tables -> stdout + md
     python scripts/uda_table.py --data data --out runs/uda_table --tsne                         # seed-0 t-SNE PNGs
     python scripts/uda_table.py --out runs/uda_table --ship checkpoints [--pairs mnist:usps]     # DANN + VADA ckpts
+    python scripts/uda_table.py --data data --out runs/uda_table --methods refine --pairs mnist:mnistm  # stage 2:
+        # DIRT-T-style refinement of each DANN run's final weights (--init; exported by --final --report)
     python scripts/uda_table.py --data data --pack runs/digits.npz   # carry the data (~45 MB) to a GPU machine ...
     python scripts/uda_table.py --unpack runs/digits.npz --data data --jobs 12    # ... rebuild it there, then train
 
@@ -33,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python scripts/uda_table.py` from a checkout, without installing dlcv
 from dlcv.data.digits import UDA_PAIRS as PAIRS  # noqa: E402  (svhn pairs only run when svhn is prepared)
 
-METHODS = ["source_only", "dann", "vada", "target_only"]
-COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)", "target_only": "target only"}
+METHODS = ["source_only", "dann", "vada", "refine", "target_only"]
+COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)",
+           "refine": "DANN + refinement (ours)", "target_only": "target only"}
+ADAPTED = ("dann", "vada", "refine")  # the methods with t-SNE figures, shipped checkpoints and an oracle column
 # ablation of the improved method: name -> (preset method, overrides); each row switches one part off
 ABLATION = {
     "vada": ("vada", []),
@@ -96,6 +100,8 @@ def train_overrides(run: dict, args: argparse.Namespace) -> list[str]:
     overrides = [f"--data.root={args.data}", f"--data.domain={run['source']}", f"--data.target_domain={run['target']}",
                  f"--train.seed={run['seed']}", f"--train.out_dir={out / 'runs'}", f"--name={run['name']}",
                  "--train.progress=false", f"--train.device={args.device}", *run["overrides"], *args.set]
+    if run["method"] == "refine":  # refines the trained run of the same pair and seed
+        overrides.append(f"--method.init={args.init.format(**run)}")
     steps = args.steps.get(run["method"], args.steps.get("*"))
     return overrides + ([f"--train.steps={steps}"] if steps else [])
 
@@ -281,6 +287,7 @@ def report(args: argparse.Namespace) -> str:
     pairs = list(dict.fromkeys((r["source"], r["target"]) for r in sorted(table, key=lambda r: PAIRS.index(
         (r["source"], r["target"])) if (r["source"], r["target"]) in PAIRS else 99)))
     methods = [m for m in METHODS if any(r["method"] == m for r in table)]
+    oracles = [m for m in methods if m in ADAPTED]
 
     test_key = "last_step_target_test_acc" if args.final else "target_test_acc"
 
@@ -293,11 +300,12 @@ def report(args: argparse.Namespace) -> str:
               else "weights selected by source-val accuracy (no target labels)")
     lines = [f"Target **test** accuracy (%), mean ± std over seeds; {chosen}. Oracle: the same runs' weights "
              "selected by target-val accuracy (uses target labels; for reference only).", "",
-             "| pair | " + " | ".join(COLUMNS[m] for m in methods) + " | oracle DANN | oracle VADA |",
-             "| --- |" + " --- |" * (len(methods) + 2)]
+             "| pair | " + " | ".join(COLUMNS[m] for m in methods) + " | "
+             + " | ".join(f"oracle {COLUMNS[m].removesuffix(' (ours)')}" for m in oracles) + " |",
+             "| --- |" + " --- |" * (len(methods) + len(oracles))]
     for src, tgt in pairs:
         cells = [_cell(values(table, src, tgt, "target_test_acc", method=m)) for m in methods]
-        oracle = [_cell(values(table, src, tgt, "oracle_target_test_acc", method=m)) for m in ("dann", "vada")]
+        oracle = [_cell(values(table, src, tgt, "oracle_target_test_acc", method=m)) for m in oracles]
         lines.append(f"| {src} → {tgt} | " + " | ".join(cells + oracle) + " |")
     steps = {m: "/".join(str(s) for s in sorted({r["metrics"]["steps"] for r in table if r["method"] == m}))
              for m in methods}
@@ -356,7 +364,7 @@ def tsne(args: argparse.Namespace) -> None:
     from dlcv.data.digits import read_digits
     from dlcv.figures import domain_tsne
 
-    runs = [r for r in table_runs(args, ("source_only", "dann", "vada")) if r["seed"] == 0]
+    runs = [r for r in table_runs(args, ("source_only", *ADAPTED)) if r["seed"] == 0]
     generator = torch.Generator().manual_seed(0)
     for r in runs:
         model, _ = hub.load(r["checkpoint"])
@@ -372,9 +380,9 @@ def tsne(args: argparse.Namespace) -> None:
 
 
 def ship(args: argparse.Namespace) -> None:
-    """Copy, per pair (those of --pairs if given), the DANN and VADA run with the best *source*-val accuracy (never
-    target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
-    runs = table_runs(args, ("dann", "vada"))
+    """Copy, per pair (those of --pairs if given), the DANN, VADA and refinement run with the best *source*-val
+    accuracy (never target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
+    runs = table_runs(args, ADAPTED)
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
@@ -398,7 +406,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4, help="runs in parallel (subprocesses, one thread each)")
     parser.add_argument("--steps", type=parse_steps, default={},
                         help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default="source_only,dann,vada,target_only",
+                        help=f"of {METHODS}; refine is a second stage: it starts from each DANN run's final weights "
+                             f"(--init), so run it after --final --report has exported them")
     parser.add_argument("--pairs", default="", help="e.g. mnistm:usps,usps:mnistm (default: every prepared pair)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablation", default="", help="pairs for the VADA ablation runs, e.g. usps:mnistm,mnistm:usps")
@@ -406,10 +416,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every run, e.g. --set=--model.width=32")
+    parser.add_argument("--init", default="runs/uda_table/final/dann_{source}_to_{target}_s{seed}",
+                        help="checkpoint each refine run starts from; {source}, {target}, {seed} are filled in")
     parser.add_argument("--report", action="store_true", help="print the markdown tables (and write RESULTS_uda.md)")
     parser.add_argument("--tsne", action="store_true", help="t-SNE PNGs of the seed-0 runs")
     parser.add_argument("--tsne-per-domain", type=int, default=700)
-    parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN and VADA checkpoints to DIR")
+    parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN, VADA and refine checkpoints to DIR")
     parser.add_argument("--final", action="store_true",
                         help="--report/--tsne/--ship use each run's final weights instead of its source-val-selected "
                              "ones (a label-free rule; for runs whose source val saturates, so its argmax is noise)")

@@ -16,7 +16,7 @@ from dlcv.models.blocks import GradientReversal, grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, UDANet, UDANetConfig
 from dlcv.presets import get_preset
 from dlcv.training import train
-from dlcv.training.uda import UDA_METHODS, annealed_lr, augment, dann_lambda, export_final
+from dlcv.training.uda import UDA_METHODS, _setup, annealed_lr, augment, dann_lambda, export_final
 
 from conftest import load_script, write_digits_domain
 
@@ -50,10 +50,13 @@ def uda_cfg(method, root, tmp_path, *extra):
 
 @pytest.mark.parametrize("method", sorted(UDA_METHODS))
 def test_each_method_trains_two_steps_and_round_trips(method, tiny_digits, tmp_path):
-    out = train(uda_cfg(method, tiny_digits, tmp_path), out=tmp_path / "ckpt")
+    init = []
+    if method == "refine":  # refines a trained run of the same pair and network
+        init = [f"--method.init={train(uda_cfg('dann', tiny_digits, tmp_path), out=tmp_path / 'dann')}"]
+    out = train(uda_cfg(method, tiny_digits, tmp_path, *init), out=tmp_path / "ckpt")
     model, meta = hub.load(out)
     metrics = meta["metrics"]
-    assert metrics["selected_by"] == "labelled_val" and metrics["steps"] == 2
+    assert metrics["selected_by"] == ("last" if method == "refine" else "labelled_val") and metrics["steps"] == 2
     for key in ("target_test_acc", "oracle_target_test_acc", "oracle_target_val_acc", "labelled_val_acc"):
         assert 0.0 <= metrics[key] <= 1.0
     x = torch.rand(3, 3, 28, 28) * 2 - 1
@@ -103,6 +106,27 @@ def test_export_final_ships_the_last_weights_measured_afresh(tiny_digits, tmp_pa
     longer = apply_overrides(cfg, ["--train.steps=4"])  # a run cut short: its final weights are not final yet
     with pytest.raises(RuntimeError, match="stopped at step 2 of 4"):
         export_final(longer, tmp_path / "nope")
+
+
+def test_refine_starts_from_its_checkpoint_and_refuses_a_foreign_one(tiny_digits, tmp_path):
+    dann = train(uda_cfg("dann", tiny_digits, tmp_path), out=tmp_path / "dann")
+    trained, _ = hub.load(dann)
+    cfg = uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}")
+    method = _setup(cfg)[3]
+    for net in (method.model, method.average.module):  # student and mean teacher both start from the DANN weights
+        state = net.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
+    hub.load(train(cfg, out=tmp_path / "ckpt"))
+    first = json.loads((tmp_path / "runs" / "uda_refine_test" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["teacher_loss"] >= 0 and "vat_tgt" not in first and "ent_loss" in first
+    with pytest.raises(ValueError, match="--method.init"):
+        _setup(uda_cfg("refine", tiny_digits, tmp_path))
+    with pytest.raises(ValueError, match="different network.*width"):
+        _setup(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}", "--model.width=8"))
+    other = train(uda_cfg("dann", tiny_digits, tmp_path, "--data.domain=usps", "--data.target_domain=mnistm",
+                          "--model.input_norm=instance", "--name=other"), out=tmp_path / "other")
+    with pytest.raises(ValueError, match="usps -> mnistm.*same pair"):
+        _setup(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={other}", "--model.input_norm=instance"))
 
 
 def test_vada_parts_switch_off(tiny_digits, tmp_path):
@@ -275,6 +299,24 @@ def test_uda_table_resumes_a_run_cut_short_only_with_its_own_config(tiny_digits,
     assert table.resumable(run, args)
     assert not table.resumable(run, argparse.Namespace(**{**vars(args), "steps": {"dann": 3}}))  # another schedule
     assert not table.resumable(run, argparse.Namespace(**{**vars(args), "set": [*args.set, "--method.ema_decay=0"]}))
+
+
+def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
+    """Stage 2 of the table: a refine run starts from the exported final weights of its pair and seed's DANN run."""
+    import argparse
+
+    table = _uda_table()
+    init = str(tmp_path / "table/final/dann_{source}_to_{target}_s{seed}")
+    args = argparse.Namespace(out=str(tmp_path / "table"), data=str(tiny_digits), device="cpu", steps={"*": 2},
+                              set=TINY[1:], final=True, init=init)
+    dann, refine = (table.plan(argparse.Namespace(pairs="mnistm:usps", methods=m, seeds="1", ablation="", data=""))[0]
+                    for m in ("dann", "refine"))
+    train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args)))
+    exported = table.final_checkpoint(dann, args)["checkpoint"]
+    overrides = table.train_overrides(refine, args)
+    assert f"--method.init={exported}" in overrides and exported.endswith("final/dann_mnistm_to_usps_s1")
+    meta = hub.read_config(train(apply_overrides(get_preset(refine["preset"]), overrides)))
+    assert meta["run"]["method"]["init"] == exported and meta["metrics"]["method"] == "refine"
 
 
 def test_uda_table_reuses_target_only_across_sources(tmp_path):
