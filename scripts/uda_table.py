@@ -298,6 +298,10 @@ def report(args: argparse.Namespace) -> str:
 
     chosen = ("each run's final weights (the label-free 'last' rule)" if args.final
               else "weights selected by source-val accuracy (no target labels)")
+    final_rule = [COLUMNS[m] for m in methods if not args.final
+                  and all(r["metrics"].get("selected_by") == "last" for r in table if r["method"] == m)]
+    if final_rule:  # e.g. refine, whose preset ships its final weights
+        chosen += f"; {', '.join(final_rule)}: each run's final weights (its preset's rule)"
     lines = [f"Target **test** accuracy (%), mean ± std over seeds; {chosen}. Oracle: the same runs' weights "
              "selected by target-val accuracy (uses target labels; for reference only).", "",
              "| pair | " + " | ".join(COLUMNS[m] for m in methods) + " | "
