@@ -410,7 +410,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4, help="runs in parallel (subprocesses, one thread each)")
     parser.add_argument("--steps", type=parse_steps, default={},
                         help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
-    parser.add_argument("--methods", default="source_only,dann,vada,target_only",
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "refine"),
                         help=f"of {METHODS}; refine is a second stage: it starts from each DANN run's final weights "
                              f"(--init), so run it after --final --report has exported them")
     parser.add_argument("--pairs", default="", help="e.g. mnistm:usps,usps:mnistm (default: every prepared pair)")

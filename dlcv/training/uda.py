@@ -286,8 +286,8 @@ def load_init(model: UDANet, path: str) -> None:
         raise ValueError(f"--method.init={path} has a different network (field: (checkpoint, this run) {diff}); "
                          f"set the same --model.* options as the run that wrote it")
     if not torch.allclose(trained.input_mean, model.input_mean, atol=1e-4):
-        run = meta.get("run", {}).get("data", {})
-        raise ValueError(f"--method.init={path} was trained on {run.get('domain')} -> {run.get('target_domain')}, "
+        data = meta.get("run", {}).get("data", {})
+        raise ValueError(f"--method.init={path} was trained on {data.get('domain')} -> {data.get('target_domain')}, "
                          f"whose input statistics differ from this run's domains; start from a checkpoint of the "
                          f"same pair")
     model.load_state_dict(trained.state_dict())
