@@ -284,6 +284,8 @@ def report(args: argparse.Namespace) -> str:
     summary = write_summary(args)  # rebuilt from results/*.json, so results merged from several machines count
     records = [r for r in json.loads(summary.read_text()) if r.get("returncode") == 0]
     table = [r for r in records if r["variant"] is None]
+    if args.final:  # export each run's final weights (<out>/final/<run>), where a refine stage starts from
+        table_runs(args, METHODS)
     pairs = list(dict.fromkeys((r["source"], r["target"]) for r in sorted(table, key=lambda r: PAIRS.index(
         (r["source"], r["target"])) if (r["source"], r["target"]) in PAIRS else 99)))
     methods = [m for m in METHODS if any(r["method"] == m for r in table)]

@@ -129,6 +129,24 @@ def test_refine_starts_from_its_checkpoint_and_refuses_a_foreign_one(tiny_digits
         _setup(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={other}", "--model.input_norm=instance"))
 
 
+def test_refine_peer_vetoes_the_teachers_labels(tiny_digits, tmp_path):
+    dann = train(uda_cfg("dann", tiny_digits, tmp_path), out=tmp_path / "dann")
+    peer = train(uda_cfg("dann", tiny_digits, tmp_path, "--model.width=8", "--name=peer"), out=tmp_path / "peer")
+    method = _setup(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}", f"--method.peer={peer}"))[3]
+    x = torch.rand(6, 3, 28, 28) * 2 - 1
+    peer_labels = method.peer(x).argmax(1)
+    assert not any(p.requires_grad for p in method.peer.parameters()) and not method.peer.training
+    assert method.pseudo_label_mask(x, peer_labels).tolist() == [1.0] * 6
+    assert method.pseudo_label_mask(x, (peer_labels + 1) % 10).tolist() == [0.0] * 6
+    assert "peer" not in "".join(method.state_modules())  # frozen and reloaded from its path, not resumed
+    hub.load(train(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}", f"--method.peer={peer}"),
+                   out=tmp_path / "ckpt"))
+    other = train(uda_cfg("dann", tiny_digits, tmp_path, "--data.domain=usps", "--data.target_domain=mnistm",
+                          "--model.input_norm=instance", "--name=other"), out=tmp_path / "other")
+    with pytest.raises(ValueError, match="--method.peer.*same pair"):
+        _setup(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}", f"--method.peer={other}"))
+
+
 def test_vada_parts_switch_off(tiny_digits, tmp_path):
     cfg = uda_cfg("vada", tiny_digits, tmp_path, "--method.teacher=false", "--method.vat_src_weight=0",
                   "--method.vat_tgt_weight=0", "--method.augment=false")
@@ -311,8 +329,14 @@ def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
                               set=TINY[1:], final=True, init=init)
     dann, refine = (table.plan(argparse.Namespace(pairs="mnistm:usps", methods=m, seeds="1", ablation="", data=""))[0]
                     for m in ("dann", "refine"))
-    train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args)))
-    exported = table.final_checkpoint(dann, args)["checkpoint"]
+    meta = hub.read_config(train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args))))
+    (tmp_path / "table" / "results").mkdir(parents=True)
+    (tmp_path / "table" / "results" / f"{dann['name']}.json").write_text(
+        json.dumps({**dann, "returncode": 0, "metrics": meta["metrics"]}))
+    table.report(argparse.Namespace(**vars(args), pairs="", methods="dann"))  # --final --report exports them
+    exported = str(tmp_path / "table" / "final" / dann["name"])
+    assert hub.read_config(exported)["run"]["method"]["select"] == "last"
+    assert table.final_checkpoint(dann, args)["checkpoint"] == exported
     overrides = table.train_overrides(refine, args)
     assert f"--method.init={exported}" in overrides and exported.endswith("final/dann_mnistm_to_usps_s1")
     meta = hub.read_config(train(apply_overrides(get_preset(refine["preset"]), overrides)))

@@ -249,8 +249,12 @@ class VADA(DANN):
         with torch.no_grad(), autocast(clean_tgt.device, self.amp):
             probs = F.softmax(self.average.module(clean_tgt, domain=TARGET).float(), dim=1)
         confidence, pseudo = probs.max(dim=1)
-        mask = (confidence >= self.hp["teacher_threshold"]).float()
+        mask = (confidence >= self.hp["teacher_threshold"]).float() * self.pseudo_label_mask(clean_tgt, pseudo)
         return (F.cross_entropy(logits_tgt.float(), pseudo, reduction="none") * mask).mean()
+
+    def pseudo_label_mask(self, clean_tgt: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        """(B,) 1 where the teacher's label may be trusted beyond its confidence; all ones here."""
+        return torch.ones_like(pseudo, dtype=torch.float32)
 
 
 class Refine(VADA):
@@ -260,17 +264,37 @@ class Refine(VADA):
     decision boundary is moved away from dense target regions, not learnt anew). Source cross-entropy stays on as an
     anchor where DIRT-T uses a KL to the previous model (seed 0, MNIST -> MNIST-M, 10,000 steps: 0.950 target test
     with it, 0.947 with source_weight=0); no domain loss, and no target VAT (0.906 target val at step 1,000 with it,
-    0.939 without)."""
+    0.939 without). With `peer` (a checkpoint of the same pair that sees the images differently, e.g. VADA on grey
+    input refining a DANN on colour input) a pseudo-label counts only where the peer agrees: co-training (Blum &
+    Mitchell 1998; asymmetric tri-training, Saito et al. 2017), because two views err on different images."""
 
     defaults: dict[str, Any] = {**VADA.defaults, "init": "", "domain_weight": 0.0, "vat_src_weight": 0.0,
-                                "vat_tgt_weight": 0.0}
+                                "vat_tgt_weight": 0.0, "peer": ""}
 
     def __init__(self, model: UDANet, hparams: dict[str, Any], train: TrainConfig) -> None:
         load_init(model, hparams.get("init", ""))  # before the teacher is copied from the model
         super().__init__(model, hparams, train)
+        # a frozen second view of the same pair (another network or input): its labels veto the teacher's (co-training)
+        self.peer = load_peer(self.hp["peer"], model) if self.hp["peer"] else None
+
+    def pseudo_label_mask(self, clean_tgt: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        if self.peer is None:
+            return super().pseudo_label_mask(clean_tgt, pseudo)
+        with torch.no_grad(), autocast(clean_tgt.device, self.amp):
+            return (self.peer(clean_tgt, domain=TARGET).argmax(1) == pseudo).float()
 
     def target_ramp(self) -> float:
         return 1.0
+
+
+def load_peer(path: str, model: UDANet) -> UDANet:
+    """A trained checkpoint of the same pair (any network config), frozen in eval mode, for Refine's `peer`."""
+    peer, meta = hub.load(path, device=model.input_mean.device)
+    if not torch.allclose(peer.input_mean, model.input_mean, atol=1e-4):
+        data = meta.get("run", {}).get("data", {})
+        raise ValueError(f"--method.peer={path} was trained on {data.get('domain')} -> {data.get('target_domain')}, "
+                         f"whose input statistics differ from this run's domains; use a checkpoint of the same pair")
+    return peer.eval().requires_grad_(False)
 
 
 def load_init(model: UDANet, path: str) -> None:
