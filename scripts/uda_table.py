@@ -351,13 +351,18 @@ def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
     """The run with its *final* weights as checkpoint (<out>/final/<name>, written once from its state.pt by
     dlcv.training.uda.export_final, with every figure measured on those weights) instead of its selected ones."""
     from dlcv import hub
-    from dlcv.config import apply_overrides
+    from dlcv.config import RunConfig, apply_overrides, from_dict
     from dlcv.presets import get_preset
     from dlcv.training.uda import export_final
 
     dest = Path(args.out) / "final" / run["name"]
     if not (dest / "config.json").is_file():
-        export_final(apply_overrides(get_preset(run["preset"]), train_overrides(run, args)), dest)
+        if run.get("checkpoint") and (Path(run["checkpoint"]) / "config.json").is_file():
+            # the config the run trained with, so --steps/--set need not be repeated
+            cfg = from_dict(RunConfig, hub.read_config(run["checkpoint"])["run"])
+        else:
+            cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
+        export_final(cfg, dest)
     return {**run, "checkpoint": str(dest), "metrics": hub.read_config(dest)["metrics"]}
 
 

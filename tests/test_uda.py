@@ -329,11 +329,12 @@ def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
                               set=TINY[1:], final=True, init=init)
     dann, refine = (table.plan(argparse.Namespace(pairs="mnistm:usps", methods=m, seeds="1", ablation="", data=""))[0]
                     for m in ("dann", "refine"))
-    meta = hub.read_config(train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args))))
+    ckpt = train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args)))
     (tmp_path / "table" / "results").mkdir(parents=True)
     (tmp_path / "table" / "results" / f"{dann['name']}.json").write_text(
-        json.dumps({**dann, "returncode": 0, "metrics": meta["metrics"]}))
-    table.report(argparse.Namespace(**vars(args), pairs="", methods="dann"))  # --final --report exports them
+        json.dumps({**dann, "returncode": 0, "metrics": hub.read_config(ckpt)["metrics"], "checkpoint": str(ckpt)}))
+    # --final --report exports them, from the config each run recorded: no need to repeat --steps and --set
+    table.report(argparse.Namespace(**{**vars(args), "steps": {}, "set": []}, pairs="", methods="dann"))
     exported = str(tmp_path / "table" / "final" / dann["name"])
     assert hub.read_config(exported)["run"]["method"]["select"] == "last"
     assert table.final_checkpoint(dann, args)["checkpoint"] == exported
