@@ -290,11 +290,16 @@ class Refine(VADA):
 def load_peer(path: str, model: UDANet) -> UDANet:
     """A trained checkpoint of the same pair (any network config), frozen in eval mode, for Refine's `peer`."""
     peer, meta = hub.load(path, device=model.input_mean.device)
-    if not torch.allclose(peer.input_mean, model.input_mean, atol=1e-4):
-        data = meta.get("run", {}).get("data", {})
-        raise ValueError(f"--method.peer={path} was trained on {data.get('domain')} -> {data.get('target_domain')}, "
-                         f"whose input statistics differ from this run's domains; use a checkpoint of the same pair")
+    check_same_pair(peer, meta, model, f"--method.peer={path}", "use a checkpoint of the same pair")
     return peer.eval().requires_grad_(False)
+
+
+def check_same_pair(trained: UDANet, meta: dict[str, Any], model: UDANet, option: str, fix: str) -> None:
+    """Refuse a checkpoint from another pair: the domains' input statistics, stored in the model, differ."""
+    if not torch.allclose(trained.input_mean, model.input_mean, atol=1e-4):
+        data = meta.get("run", {}).get("data", {})
+        raise ValueError(f"{option} was trained on {data.get('domain')} -> {data.get('target_domain')}, whose input "
+                         f"statistics differ from this run's domains; {fix}")
 
 
 def load_init(model: UDANet, path: str) -> None:
@@ -309,11 +314,7 @@ def load_init(model: UDANet, path: str) -> None:
         diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
         raise ValueError(f"--method.init={path} has a different network (field: (checkpoint, this run) {diff}); "
                          f"set the same --model.* options as the run that wrote it")
-    if not torch.allclose(trained.input_mean, model.input_mean, atol=1e-4):
-        data = meta.get("run", {}).get("data", {})
-        raise ValueError(f"--method.init={path} was trained on {data.get('domain')} -> {data.get('target_domain')}, "
-                         f"whose input statistics differ from this run's domains; start from a checkpoint of the "
-                         f"same pair")
+    check_same_pair(trained, meta, model, f"--method.init={path}", "start from a checkpoint of the same pair")
     model.load_state_dict(trained.state_dict())
 
 
