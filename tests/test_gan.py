@@ -20,7 +20,7 @@ from dlcv.presets import get_preset
 from dlcv.sampling import sample_gan
 from dlcv.training import train
 from dlcv.training.common import run_dir
-from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment, lr_factor
+from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment, load_generator_init, lr_factor
 
 # ---------------------------------------------------------------- models
 
@@ -294,6 +294,46 @@ def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
     with pytest.raises(ValueError, match="predicts 3 classes but the generator has 10"):
         train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'wrong'}",
                        "--name=wrong"), out=tmp_path / "w")
+
+
+def test_cbn_acgan_starts_from_an_unconditional_generator(tmp_path):
+    source = Generator(GeneratorConfig(image_size=28, width=4))
+    with torch.no_grad():  # batch-norm gains, shifts and statistics that differ from the init, so the copy shows
+        for module in source.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+    hub.save(source, tmp_path / "source", {})
+    target = Generator(GeneratorConfig(image_size=28, width=4, num_classes=3, conditioning="cbn"))
+    load_generator_init(target, str(tmp_path / "source"))
+    source.eval(), target.eval()
+    z = torch.randn(5, 100)
+    for y in range(3):  # G(z, y) = G_init(z) for every class at the start
+        torch.testing.assert_close(target(z, torch.full((5,), y)), source(z))
+    for bad, match in ((GeneratorConfig(image_size=28, width=8, num_classes=3, conditioning="cbn"), "width"),
+                       (GeneratorConfig(image_size=28, width=4, num_classes=3, conditioning="multiply"),
+                        "conditioning=cbn")):
+        with pytest.raises(ValueError, match=match):
+            load_generator_init(Generator(bad), str(tmp_path / "source"))
+
+
+def test_gan_init_generator_and_d_warmup(tiny_faces, tmp_path):
+    source = train(tiny_gan("dcgan_faces", tiny_faces, tmp_path, "--name=source"), out=tmp_path / "source")
+    cfg = tiny_gan("acgan_faces", tiny_faces, tmp_path, "--model.conditioning=cbn", f"--method.init_generator={source}",
+                   "--method.d_warmup=2", "--train.steps=3", "--train.log_every=1", "--train.ema_decay=0")
+    generator = build_model(cfg.architecture, cfg.model)
+    load_generator_init(generator, str(source))
+    train(apply_overrides(cfg, ["--train.steps=2"]), out=tmp_path / "warm")
+    warm, _ = hub.load(tmp_path / "warm")  # two D-only steps: G is still the copy of the source
+    assert all(torch.equal(v, warm.state_dict()[k]) for k, v in generator.state_dict().items()
+               if k.endswith("weight"))
+    train(cfg, out=tmp_path / "ckpt")  # resumed for a third step, which updates G
+    lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
+    assert ["g_loss" in line for line in lines] == [False, False, True]
+    trained, _ = hub.load(tmp_path / "ckpt")
+    assert not torch.equal(trained.net[0].weight, generator.net[0].weight)
+    with pytest.raises(ValueError, match="d_warmup"):
+        GANMethod(d_warmup=-1)
 
 
 def test_linear_lr_decay_schedule_and_option():

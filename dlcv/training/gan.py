@@ -19,7 +19,7 @@ from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range,
 from dlcv.losses import (auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, mode_seeking_loss,
                          wasserstein_losses)
 from dlcv.models import build_model
-from dlcv.models.gan import Discriminator, DiscriminatorConfig
+from dlcv.models.gan import ConditionalBatchNorm2d, Discriminator, DiscriminatorConfig
 from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
 from dlcv.sampling import sample_gan
 from dlcv.training.common import Deadline, MetricLog, ema_copy, every, load_state, run_dir, save_state, snapshot_dir
@@ -65,6 +65,13 @@ class GANMethod:
     # against the within-class collapse that teachers invite (on acgan_digits it doubled the within-class spread but
     # cost class fidelity and digit-FID: RESULTS.md)
     mode_seeking: float = 0.0
+    # a trained generator checkpoint to start G (and its EMA) from, e.g. method A's checkpoints/dcgan_faces for a
+    # cbn ACGAN: each class's batch-norm gain and shift start as its single ones (Wang et al. 2018, "Transferring
+    # GANs"); read on a fresh start only, a resumed run has its own weights
+    init_generator: str = ""
+    # steps at the start that update D alone: a fresh D against a trained G would otherwise hand G noise for
+    # gradients and undo what it learned
+    d_warmup: int = 0
 
     def __post_init__(self) -> None:
         check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
@@ -77,6 +84,8 @@ class GANMethod:
             raise ValueError(f"method.mode_seeking={self.mode_seeking} must be >= 0 (0: off)")
         if not 0.0 <= self.lr_decay_from <= 1.0:
             raise ValueError(f"method.lr_decay_from={self.lr_decay_from} must be in [0, 1] (1: no decay)")
+        if self.d_warmup < 0:
+            raise ValueError(f"method.d_warmup={self.d_warmup} must be >= 0 (0: off)")
         if self.n_critic < 1 or self.g_steps < 1:
             raise ValueError(f"method.n_critic and method.g_steps must be >= 1, got {self.n_critic}, {self.g_steps}")
 
@@ -160,20 +169,56 @@ def lr_factor(step: int, total: int, decay_from: float) -> float:
     return 1.0 if step < start or total <= start else max(0.0, (total - step) / (total - start))
 
 
+def shipped_folder(path: str) -> Path:
+    """A checkpoint folder named in cfg.method: as given, or "checkpoints/x" (or "x") from outside the checkout."""
+    from dlcv.service import checkpoints_root
+
+    folder = Path(path.strip())
+    return folder if folder.is_absolute() or folder.is_dir() else checkpoints_root() / folder.name
+
+
 def load_teacher(path: str, num_classes: int, device: torch.device) -> torch.nn.Module:
     """One frozen classifier of method.teacher, checked to predict the generator's classes."""
     if num_classes <= 0:
         raise ValueError("method.teacher needs a class-conditional GAN (model.num_classes > 0)")
-    from dlcv.service import checkpoints_root
-
-    folder = Path(path.strip())
-    if not folder.is_absolute() and not folder.is_dir():  # "checkpoints/x" from outside the checkout, or "x"
-        folder = checkpoints_root() / folder.name
-    teacher, _ = hub.load(folder)
+    teacher, _ = hub.load(shipped_folder(path))
     if getattr(teacher.config, "num_classes", None) != num_classes:
         raise ValueError(f"method.teacher entry {path} predicts {getattr(teacher.config, 'num_classes', '?')} "
                          f"classes but the generator has {num_classes}; use a classifier of the same classes")
     return teacher.to(device).eval().requires_grad_(False)  # never trained here
+
+
+def load_generator_init(generator: torch.nn.Module, path: str) -> None:
+    """Copy a trained generator into `generator`: one of the same config, or an unconditional one into a cbn ACGAN
+    (its batch norm's gain and shift become every class's, so G(z, y) = G_init(z) for every y at the start)."""
+    trained, _ = hub.load(shipped_folder(path))
+    theirs, ours = to_dict(trained.config), to_dict(generator.config)
+    option = f"--method.init_generator={path}"
+    if theirs == ours:
+        generator.load_state_dict(trained.state_dict())
+        return
+    shape = ("z_dim", "image_size", "channels", "width")
+    diff = {k: (theirs.get(k), ours.get(k)) for k in shape if theirs.get(k) != ours.get(k)}
+    if diff:
+        raise ValueError(f"{option} has another network shape (field: (checkpoint, this run) {diff}); set the same "
+                         f"--model.* options as the run that wrote it")
+    if theirs["num_classes"] != 0 or ours["conditioning"] != "cbn":
+        raise ValueError(f"{option}: a generator can start only from one of the same config, or a class-conditional "
+                         f"one from an unconditional one with --model.conditioning=cbn (z then enters alone, as in "
+                         f"the unconditional one); this run has num_classes={ours['num_classes']}, conditioning="
+                         f"{ours['conditioning']!r} and the checkpoint num_classes={theirs['num_classes']}")
+    state = {}
+    for name, value in trained.state_dict().items():
+        owner, leaf = name.rsplit(".", 1)
+        module = generator.get_submodule(owner)
+        if not isinstance(module, ConditionalBatchNorm2d):
+            state[name] = value
+        elif leaf in ("weight", "bias"):  # the one gain / shift becomes every class's row
+            table = "gain" if leaf == "weight" else "shift"
+            state[f"{owner}.{table}.weight"] = value.expand(module.gain.num_embeddings, -1).clone()
+        else:  # running_mean, running_var, num_batches_tracked
+            state[f"{owner}.norm.{leaf}"] = value
+    generator.load_state_dict(state)
 
 
 def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
@@ -193,7 +238,10 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
         raise ValueError("an ACGAN (model.num_classes > 0) needs labels: use digits, or --data.attribute for faces")
     if y_train is None:  # unconditional: placeholder labels keep the batches (x, y) pairs
         y_train = torch.zeros(len(x_train), dtype=torch.long)
-    generator = build_model(cfg.architecture, cfg.model).to(device, memory_format=fmt)
+    generator = build_model(cfg.architecture, cfg.model)
+    if method.init_generator:
+        load_generator_init(generator, method.init_generator)
+    generator = generator.to(device, memory_format=fmt)
     discriminator = Discriminator(discriminator_config(cfg, method)).to(device, memory_format=fmt)
     betas = tuple(cfg.train.betas)
     g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr, betas=betas)
@@ -273,7 +321,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             d_loss.backward()
             d_opt.step()
         discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
-        for _ in range(method.g_steps):  # (2) update G: make D call G(z) real
+        for _ in range(method.g_steps if step >= method.d_warmup else 0):  # (2) update G: make D call G(z) real
             if reuse:
                 fake = fake_for_g
             else:
@@ -303,7 +351,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             if ema is not None:
                 ema.update_parameters(generator)
         discriminator.requires_grad_(True)
-        metrics.add({"d_loss": d_loss, "g_loss": g_loss, **step_metrics})
+        metrics.add({"d_loss": d_loss, **({"g_loss": g_loss} if step >= method.d_warmup else {}), **step_metrics})
         last = step + 1 == cfg.train.steps or deadline.passed()
         if every(step, cfg.train.log_every) or last:
             metrics.flush(step + 1)
