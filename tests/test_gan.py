@@ -319,7 +319,7 @@ def test_cbn_acgan_starts_from_an_unconditional_generator(tmp_path):
 
 def test_gan_init_generator_and_d_warmup(tiny_faces, tmp_path):
     source = train(tiny_gan("dcgan_faces", tiny_faces, tmp_path, "--name=source"), out=tmp_path / "source")
-    cfg = tiny_gan("acgan_faces", tiny_faces, tmp_path, "--model.conditioning=cbn", f"--method.init_generator={source}",
+    cfg = tiny_gan("acgan_faces_from_dcgan", tiny_faces, tmp_path, f"--method.init_generator={source}",
                    "--method.d_warmup=2", "--train.steps=3", "--train.log_every=1", "--train.ema_decay=0")
     generator = build_model(cfg.architecture, cfg.model)
     load_generator_init(generator, str(source))
