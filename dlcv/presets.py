@@ -106,8 +106,8 @@ PRESETS: dict[str, RunConfig] = {
     # the Smiling ACGAN as a fine-tune of method A (Wang et al. 2018, "Transferring GANs"): G starts from the shipped
     # dcgan_faces with class-conditional batch norm (every class's gain and shift = the DCGAN's, so G(z, y) = G_A(z)
     # at first), and the DCGAN game (BCE, smoothing 0.1, batch-norm D + class head) goes on after 500 steps of D
-    # alone. A candidate, not shipped: on the CPU its FID fell from 26.19 (G_A) to 61.0 in the first 1,000 steps, then
-    # climbed back (54.0, 49.6, 44.0 at 2,000-4,000) with Smiling agreement 0.77-0.84 (RESULTS.md); the GPU
+    # alone. A candidate, not shipped: on the CPU its FID rose from 26.19 (G_A) to 61.0 in the first 1,000 steps, then
+    # came back down (54.0, 49.6, 44.0 at 2,000-4,000) with Smiling agreement 0.77-0.84 (RESULTS.md); the GPU
     # queue (scripts/device_faces.py) runs it longer
     "acgan_faces_from_dcgan": RunConfig(
         name="acgan_faces_from_dcgan", family="gan", architecture="generator",

@@ -67,7 +67,7 @@ class GANMethod:
     mode_seeking: float = 0.0
     # a trained generator checkpoint to start G (and its EMA) from, e.g. method A's checkpoints/dcgan_faces for a
     # cbn ACGAN: each class's batch-norm gain and shift start as its single ones (Wang et al. 2018, "Transferring
-    # GANs"); read on a fresh start only, a resumed run has its own weights
+    # GANs"); a resumed run loads its own saved weights over it
     init_generator: str = ""
     # steps at the start that update D alone: a fresh D against a trained G would otherwise hand G noise for
     # gradients and undo what it learned
@@ -295,11 +295,12 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             for opt, lr in base_lrs:
                 opt.param_groups[0]["lr"] = lr * lr_factor(step, cfg.train.steps, method.lr_decay_from)
         noise_std = method.instance_noise * max(0.0, 1.0 - step / max(1, cfg.train.steps))
+        train_g = step >= method.d_warmup  # no G update (and no graph through G for one) during D's warm-up
         for _ in range(method.n_critic):  # (1) update D: tell real from G(z)
             x, y = next(batches)
             real, y = to_model_range(x).to(device, memory_format=fmt), y.to(device)
             z, y_fake = noise(real.shape[0])
-            with torch.set_grad_enabled(reuse), autocast(device, cfg.train.amp):
+            with torch.set_grad_enabled(reuse and train_g), autocast(device, cfg.train.amp):
                 fake_for_g = generator(z, y_fake).float()
             fake = fake_for_g.detach()
             real_logits, real_class = discriminate(real, noise_std)
@@ -321,7 +322,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             d_loss.backward()
             d_opt.step()
         discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
-        for _ in range(method.g_steps if step >= method.d_warmup else 0):  # (2) update G: make D call G(z) real
+        for _ in range(method.g_steps if train_g else 0):  # (2) update G: make D call G(z) real
             if reuse:
                 fake = fake_for_g
             else:
@@ -351,7 +352,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             if ema is not None:
                 ema.update_parameters(generator)
         discriminator.requires_grad_(True)
-        metrics.add({"d_loss": d_loss, **({"g_loss": g_loss} if step >= method.d_warmup else {}), **step_metrics})
+        metrics.add({"d_loss": d_loss, **({"g_loss": g_loss} if train_g else {}), **step_metrics})
         last = step + 1 == cfg.train.steps or deadline.passed()
         if every(step, cfg.train.log_every) or last:
             metrics.flush(step + 1)
