@@ -63,6 +63,9 @@ class TrainConfig:
     deterministic: bool = False
     progress: bool = True
     out_dir: str = "runs"
+    # a run folder (or its state.pt): a fresh run starts from that run's saved state (weights, optimizers, EMA,
+    # step) under its own method config, e.g. to add a loss part-way; model and data must be the same
+    branch_from: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:

@@ -336,6 +336,19 @@ def test_gan_init_generator_and_d_warmup(tiny_faces, tmp_path):
         GANMethod(d_warmup=-1)
 
 
+def test_a_gan_branch_may_change_the_losses_not_the_networks(tiny_faces, tmp_path):
+    cfg = tiny_gan("acgan_faces_from_dcgan", tiny_faces, tmp_path, "--method.init_generator=", "--method.d_warmup=0")
+    train(cfg, out=tmp_path / "source")
+    branch = apply_overrides(cfg, ["--name=branch", f"--train.branch_from={run_dir(cfg)}", "--train.steps=3",
+                                   "--method.aux_weight=3.0"])
+    generator, meta = hub.load(train(branch, out=tmp_path / "branch"))
+    assert meta["run"]["method"]["aux_weight"] == 3.0
+    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([0, 1]))).all()
+    other_d = apply_overrides(branch, ["--name=other", "--method.d_norm=none"])  # D without its batch norms
+    with pytest.raises(RuntimeError, match="'discriminator' does not fit .*not the networks"):
+        train(other_d, out=tmp_path / "other")
+
+
 def test_linear_lr_decay_schedule_and_option():
     assert [lr_factor(s, 100, 0.5) for s in (0, 49, 50, 75, 100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
     assert lr_factor(99, 100, 1.0) == 1.0  # 1.0: constant

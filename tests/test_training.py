@@ -39,6 +39,24 @@ def test_resume_refuses_a_different_model(tiny_run_cfg, tmp_path):
         train(wider, out=tmp_path / "b")
 
 
+def test_a_branch_starts_from_another_runs_state_in_its_own_folder(tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    source = run_dir(tiny_run_cfg) / STATE_NAME
+    before = source.read_bytes()
+    branch = apply_overrides(tiny_run_cfg, ["--name=branch", f"--train.branch_from={run_dir(tiny_run_cfg)}",
+                                            "--train.steps=4"])
+    train(branch, out=tmp_path / "b")
+    steps = [json.loads(line)["step"] for line in (run_dir(branch) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 4]  # it went on from the source's step 2
+    assert torch.load(run_dir(branch) / STATE_NAME, weights_only=True)["step"] == 4
+    assert source.read_bytes() == before  # the source run is only read
+    with pytest.raises(FileNotFoundError, match="no saved run state at .*give a run folder"):
+        train(apply_overrides(branch, ["--name=c", f"--train.branch_from={tmp_path / 'nowhere'}"]), out=tmp_path / "c")
+    wider = apply_overrides(branch, ["--name=d", "--model.width=8"])
+    with pytest.raises(RuntimeError, match="different model config; a branch changes only the method"):
+        train(wider, out=tmp_path / "d")
+
+
 @pytest.mark.parametrize("content", [b"garbage", None])  # not a torch file; a zip cut short
 def test_resume_names_a_corrupt_state_and_the_fix(content, tiny_run_cfg, tmp_path):
     train(tiny_run_cfg, out=tmp_path / "a")

@@ -48,7 +48,8 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, total=cfg.train.steps))
     best_dir = run_dir(cfg) / "best"
     start, extra = load_state(cfg, {"model": model, "opt": opt, "sched": sched})
-    best = extra.get("best_val", -1.0)
+    # the best weights live in this run's folder: a branch of another run (or a deleted best/) selects afresh
+    best = extra.get("best_val", -1.0) if (best_dir / hub.CONFIG_NAME).is_file() else -1.0
     # a resumed run reshuffles from a new seed rather than replaying the first batches again
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,

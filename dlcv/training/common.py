@@ -82,14 +82,30 @@ def save_state(cfg: RunConfig, step: int, modules: dict[str, Any], extra: dict[s
     atomic_torch_save(state, run_dir(cfg) / STATE_NAME)
 
 
+def branch_state_path(branch_from: str) -> Path:
+    """train.branch_from (a run folder or its state.pt) -> the state file, or an error naming what is missing."""
+    path = Path(branch_from)
+    if path.is_dir():
+        path = path / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"train.branch_from: no saved run state at {path}; give a run folder "
+                                f"(runs/<name>, holding {STATE_NAME}) or the state file itself")
+    return path
+
+
 def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Resume from runs/<name>/state.pt if present: returns (next step, extra); (0, {}) for a fresh run.
 
-    A state written by a run with another model or data config is refused rather than mixed in.
+    A fresh run with train.branch_from starts from that run's state instead; its method config may differ (that is
+    what a branch is for), its architecture, model and data may not. A state written by a run with another config
+    is refused rather than mixed in.
     """
     path = run_dir(cfg) / STATE_NAME
-    if not path.is_file():
-        return 0, {}
+    branching = not path.is_file()
+    if branching:
+        if not cfg.train.branch_from:
+            return 0, {}
+        path = branch_state_path(cfg.train.branch_from)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # truncated, or not a torch file
@@ -97,14 +113,24 @@ def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, 
         raise RuntimeError(f"{path} is corrupt or unreadable ({detail}); pass --fresh to start over "
                            f"(or delete it)") from None
     saved, now = state["config"], to_dict(cfg)
-    for section in ("architecture", "model", "data", "method"):
+    for section in ("architecture", "model", "data") + (() if branching else ("method",)):
         if saved.get(section) != now.get(section):
+            if branching:
+                raise RuntimeError(f"train.branch_from: {path} belongs to a run with a different {section} config; "
+                                   f"a branch changes only the method (give it the same {section} flags)")
             raise RuntimeError(f"{path} belongs to a run with a different {section} config; "
                                f"pass --fresh to start over or --name to train under another name")
     for k, m in modules.items():
-        m.load_state_dict(state["modules"][k])
+        try:
+            m.load_state_dict(state["modules"][k])
+        except (KeyError, RuntimeError, ValueError) as err:
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            fix = ("a branch may change losses and their weights, not the networks or optimizers" if branching else
+                   "pass --fresh to start over or --name to train under another name")
+            raise RuntimeError(f"{path}: its {k!r} does not fit this run's ({detail}); {fix}") from None
     torch.set_rng_state(state["rng"])
-    log.info("resuming %s from step %d", cfg.name, state["step"])
+    log.info("%s %s from step %d%s", "branching" if branching else "resuming", cfg.name, state["step"],
+             f" of {path}" if branching else "")
     return state["step"], state["extra"]
 
 
