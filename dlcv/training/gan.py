@@ -67,7 +67,7 @@ class GANMethod:
     mode_seeking: float = 0.0
     # a trained generator checkpoint to start G (and its EMA) from, e.g. method A's checkpoints/dcgan_faces for a
     # cbn ACGAN: each class's batch-norm gain and shift start as its single ones (Wang et al. 2018, "Transferring
-    # GANs"); a resumed run loads its own saved weights over it
+    # GANs"); read on a fresh start only (a resumed or branched run has its own weights)
     init_generator: str = ""
     # steps at the start that update D alone: a fresh D against a trained G would otherwise hand G noise for
     # gradients and undo what it learned
@@ -238,10 +238,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
         raise ValueError("an ACGAN (model.num_classes > 0) needs labels: use digits, or --data.attribute for faces")
     if y_train is None:  # unconditional: placeholder labels keep the batches (x, y) pairs
         y_train = torch.zeros(len(x_train), dtype=torch.long)
-    generator = build_model(cfg.architecture, cfg.model)
-    if method.init_generator:
-        load_generator_init(generator, method.init_generator)
-    generator = generator.to(device, memory_format=fmt)
+    generator = build_model(cfg.architecture, cfg.model).to(device, memory_format=fmt)
     discriminator = Discriminator(discriminator_config(cfg, method)).to(device, memory_format=fmt)
     betas = tuple(cfg.train.betas)
     g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr, betas=betas)
@@ -255,6 +252,10 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
         modules["ema"] = ema
     teachers = [load_teacher(path, num_classes, device) for path in filter(None, method.teacher.split(","))]
     start, _ = load_state(cfg, modules)
+    if start == 0 and method.init_generator:  # a resumed or branched run goes on from its own trained weights
+        load_generator_init(generator, method.init_generator)
+        if ema is not None:
+            ema.module.load_state_dict(generator.state_dict())
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
