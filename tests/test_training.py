@@ -1,6 +1,7 @@
 """Training loops: 2 steps on fake data write a loadable checkpoint; resume continues; seeds repeat."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -43,8 +44,10 @@ def test_a_branch_starts_from_another_runs_state_in_its_own_folder(tiny_run_cfg,
     train(tiny_run_cfg, out=tmp_path / "a")
     source = run_dir(tiny_run_cfg) / STATE_NAME
     before = source.read_bytes()
+    moved = tmp_path / "moved"  # the same data elsewhere, as on another machine
+    shutil.copytree(tiny_run_cfg.data.root, moved)
     branch = apply_overrides(tiny_run_cfg, ["--name=branch", f"--train.branch_from={run_dir(tiny_run_cfg)}",
-                                            "--train.steps=4"])
+                                            "--train.steps=4", f"--data.root={moved}"])
     train(branch, out=tmp_path / "b")
     steps = [json.loads(line)["step"] for line in (run_dir(branch) / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 4]  # it went on from the source's step 2

@@ -113,6 +113,8 @@ def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, 
         raise RuntimeError(f"{path} is corrupt or unreadable ({detail}); pass --fresh to start over "
                            f"(or delete it)") from None
     saved, now = state["config"], to_dict(cfg)
+    for config in (saved, now):  # data.root is where the data is, not what it is: a run may move to another machine
+        config.get("data", {}).pop("root", None)
     for section in ("architecture", "model", "data") + (() if branching else ("method",)):
         if saved.get(section) != now.get(section):
             if branching:
