@@ -21,6 +21,7 @@ from dlcv.models.classifier import Classifier, ClassifierConfig
 FORMAT = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"  # the Hub's model card, written by push
 
 
 class CheckpointError(ValueError):
@@ -35,11 +36,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def check_replaceable(directory: str | os.PathLike) -> None:
+    """Refuse a checkpoint destination whose files a save would delete: the save swaps the whole folder, so an
+    existing one may hold only what a checkpoint holds (a previous checkpoint is replaced; anything else is kept)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; give a folder for the checkpoint")
+    others = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise FileExistsError(f"{directory} holds other files ({listed}), which writing a checkpoint there would "
+                              f"delete; give a new or empty folder (or an existing checkpoint) instead")
+
+
 def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write <directory>/config.json + model.safetensors in one atomic folder swap.
+    """Write <directory>/config.json + model.safetensors in one atomic folder swap (check_replaceable first).
 
     `meta` adds top-level entries (run, metrics, schedule, ...) next to format/architecture/config.
     """
+    check_replaceable(directory)
     model = unwrap(model)
     config = model.config
     document = {"format": FORMAT, "architecture": architecture_of(config), "config": to_dict(config)}
@@ -144,7 +161,6 @@ def update_metrics(directory: str | os.PathLike, metrics: dict[str, Any]) -> Non
 
 # ---------------------------------------------------------------- Hugging Face Hub: push / pull
 
-CARD_NAME = "README.md"
 HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]  # what push uploads and pull downloads, nothing else
 
 

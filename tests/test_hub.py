@@ -28,6 +28,15 @@ def test_save_overwrites_atomically(tmp_ckpt):
     assert not [p for p in tmp_ckpt.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
+def test_save_never_deletes_other_files(tmp_path):
+    folder = tmp_path / "runs"
+    (folder / "run").mkdir(parents=True)
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"holds other files \(notes.txt, run\).*new or empty folder"):
+        hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), folder)
+    assert (folder / "notes.txt").read_text() == "keep me" and (folder / "run").is_dir()
+
+
 def test_shape_mismatch_is_a_clear_error(tmp_ckpt):
     document = json.loads((tmp_ckpt / "config.json").read_text())
     document["config"]["width"] = 8  # weights were saved with width 4

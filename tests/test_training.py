@@ -40,6 +40,16 @@ def test_resume_refuses_a_different_model(tiny_run_cfg, tmp_path):
         train(wider, out=tmp_path / "b")
 
 
+def test_out_may_not_replace_the_run_folder(tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    before = sorted(p.name for p in run_dir(tiny_run_cfg).iterdir())
+    for out in (run_dir(tiny_run_cfg), run_dir(tiny_run_cfg).parent):  # the folder itself, or one holding it
+        with pytest.raises(ValueError, match="would replace the run folder"):
+            train(apply_overrides(tiny_run_cfg, ["--train.steps=3"]), out=out)
+    assert sorted(p.name for p in run_dir(tiny_run_cfg).iterdir()) == before
+    assert torch.load(run_dir(tiny_run_cfg) / STATE_NAME, weights_only=True)["step"] == 2  # refused before training
+
+
 def test_a_branch_starts_from_another_runs_state_in_its_own_folder(tiny_run_cfg, tmp_path):
     train(tiny_run_cfg, out=tmp_path / "a")
     source = run_dir(tiny_run_cfg) / STATE_NAME
