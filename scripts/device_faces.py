@@ -49,9 +49,10 @@ RUNS = {
     # instead of multiplying z (the shipped ACGAN's pairs are no more alike than two random faces)
     "acgan_faces_cbn": ("acgan_faces", ["--train.steps=80000", "--train.snapshot_every=5000",
                                         "--model.conditioning=cbn"]),
-    # a candidate for the ACGAN's FID <= 30, tried only on the CPU (4,000 steps: FID 44.0, RESULTS.md): G starts from
-    # the shipped method A with class-conditional batch norm; needs checkpoints/dcgan_faces in the carried tree
-    "acgan_faces_from_dcgan": ("acgan_faces_from_dcgan", ["--train.steps=40000", "--train.snapshot_every=2500"]),
+    # a candidate for the ACGAN's FID <= 30, tried only on the CPU (RESULTS.md): G starts from the shipped method A
+    # with class-conditional batch norm and learns from a teacher classifier; needs checkpoints/dcgan_faces and
+    # checkpoints/smiling_classifier_s1 in the carried tree; snapshots every 500 steps, since it is measured early
+    "acgan_faces_from_dcgan": ("acgan_faces_from_dcgan", ["--train.steps=20000", "--train.snapshot_every=500"]),
     "vae_faces": ("vae_faces", ["--train.steps=100000", "--train.eval_every=2000"]),
     "vae_faces_b003": ("vae_faces", ["--train.steps=100000", "--train.eval_every=2000", "--method.kl_weight=0.03"]),
 }
