@@ -33,6 +33,20 @@ def test_resume_continues_from_the_last_state(tiny_run_cfg, tmp_path):
     assert steps == [1, 2, 3, 4]  # steps 1-2 were not redone
 
 
+def test_resume_drops_the_log_lines_of_the_steps_it_trains_again(tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    log = run_dir(tiny_run_cfg) / "metrics.jsonl"
+    with open(log, "a") as f:  # the process logged steps 3-4 past its last state at step 2, then died mid-line
+        f.write(json.dumps({"step": 3, "time_s": 0.5, "loss": 9.0}) + "\n")
+        f.write(json.dumps({"step": 4, "time_s": 0.6, "loss": 9.0}) + "\n" + '{"step": 5, "ti')
+    train(apply_overrides(tiny_run_cfg, ["--train.steps=4"]), out=tmp_path / "b")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert all(line["loss"] != 9.0 for line in lines)  # steps 3-4 are the resumed run's
+    times = [line["time_s"] for line in lines]
+    assert times == sorted(times)  # training time goes on from step 2's
+
+
 def test_resume_refuses_a_different_model(tiny_run_cfg, tmp_path):
     train(tiny_run_cfg, out=tmp_path / "a")
     wider = apply_overrides(tiny_run_cfg, ["--model.width=8", "--train.steps=3"])

@@ -54,7 +54,7 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
-    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar, start)
     model.train()
     for step in bar:
         x, y = next(batches)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from dlcv.config import RunConfig, to_dict
-from dlcv.fileio import atomic_torch_save
+from dlcv.fileio import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,29 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 class MetricLog:
-    """Averages step metrics between log points; writes one JSON line per log point and a tqdm postfix."""
+    """Averages step metrics between log points; writes one JSON line per log point and a tqdm postfix.
 
-    def __init__(self, path: Path, bar: Any = None) -> None:
+    `start` is the step the run resumes from. Records past it were written by the interrupted process for steps that
+    will now be trained again, so they are dropped (as is a line cut short): the log reads as one run, with no step
+    twice, and time_s goes on from the last kept record.
+    """
+
+    def __init__(self, path: Path, bar: Any = None, start: int = 0) -> None:
         self.path, self.bar = path, bar
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
-        self.start = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= start:
+                    kept.append(record)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.start = time.perf_counter() - (kept[-1].get("time_s", 0.0) if kept else 0.0)
 
     def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
         """Accumulate without .item() (no CPU-GPU sync per step)."""

@@ -53,7 +53,7 @@ def train_diffusion(cfg: RunConfig, out: str | Path | None = None) -> Path:
     gen = torch.Generator().manual_seed(cfg.train.seed + 1 + start)  # t, eps and label dropout, on the CPU
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
-    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar, start)
     samples_dir = run_dir(cfg) / "samples"
     model.train()
     for step in bar:

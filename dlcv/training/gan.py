@@ -259,7 +259,7 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
-    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar, start)
     samples_dir = run_dir(cfg) / "samples"
 
     def noise(b: int) -> tuple[torch.Tensor, torch.Tensor | None]:

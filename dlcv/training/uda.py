@@ -420,7 +420,7 @@ def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
         best = {key: tuple(value) for key, value in extra["best"].items()}
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
-    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar, start)
     method.model.train()
     tick = time.perf_counter()
     for step in bar:

@@ -59,7 +59,7 @@ def train_vae(cfg: RunConfig, out: str | Path | None = None) -> Path:
                                    seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
                disable=not cfg.train.progress)
-    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar)
+    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar, start)
     deadline = Deadline(cfg.train.max_minutes)
     pixels = cfg.model.channels * cfg.model.image_size**2
     scores, done = {}, start
