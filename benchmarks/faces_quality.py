@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--attribute-classifier", default="checkpoints/smiling_classifier",
                         help="checks a conditional generator's labels (its val accuracy bounds what agreement means)")
     parser.add_argument("--pairs", type=int, default=200, help="smiling pairs for a Smiling ACGAN's identity check")
+    parser.add_argument("--also-classifiers", default="", metavar="C1,C2",
+                        help="more classifiers to report agreement by, comma-separated, as agreement@<folder name> (e.g. "
+                             "a GAN's teachers: their gap to the judge is what G fitted to them alone)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cache_name = args.cache_name or f"faces-{Path(args.ref).resolve().name}"
@@ -91,6 +94,8 @@ def main() -> None:
             folder = service.sample_to_folder(checkpoint, Path(tmp) / "samples", seed=args.seed, **count)
             sample_seconds = time.perf_counter() - start
             extra = agreement(folder, args.attribute_classifier) if k else {}
+            for classifier in filter(None, args.also_classifiers.split(",")) if k else []:
+                extra[f"agreement@{Path(classifier).name}"] = agreement(folder, classifier)["agreement"]
             if k == 2:
                 extra.update(pair_identity(checkpoint, args.pairs, args.seed))
             start = time.perf_counter()
