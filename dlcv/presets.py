@@ -119,7 +119,8 @@ PRESETS: dict[str, RunConfig] = {
                           sample_every=1000, save_every=1000, snapshot_every=500),
         method={"loss": "dcgan", "d_lr": 2e-4, "d_width": 64, "d_norm": "batch", "label_smoothing": 0.1,
                 "aux_weight": 1.0, "init_generator": "checkpoints/dcgan_faces", "d_warmup": 500,
-                "teacher": "checkpoints/smiling_classifier_s1", "teacher_weight": 3.0},
+                "teacher": "checkpoints/smiling_classifier_s1,checkpoints/smiling_classifier_s2",
+                "teacher_weight": 3.0},
     ),
     # VAE on faces: a small beta keeps reconstructions sharp (target: val MSE <= 0.010 with pixels in [0, 1])
     "vae_faces": RunConfig(

@@ -50,8 +50,8 @@ RUNS = {
     "acgan_faces_cbn": ("acgan_faces", ["--train.steps=80000", "--train.snapshot_every=5000",
                                         "--model.conditioning=cbn"]),
     # a candidate for the ACGAN's FID <= 30, tried only on the CPU (RESULTS.md): G starts from the shipped method A
-    # with class-conditional batch norm and learns from a teacher classifier; needs checkpoints/dcgan_faces and
-    # checkpoints/smiling_classifier_s1 in the carried tree; steps and snapshots as the preset has them
+    # with class-conditional batch norm and learns from two teacher classifiers; needs checkpoints/dcgan_faces
+    # and checkpoints/smiling_classifier_s1 and _s2 in the carried tree; steps and snapshots as the preset has them
     "acgan_faces_from_dcgan": ("acgan_faces_from_dcgan", []),
     "vae_faces": ("vae_faces", ["--train.steps=100000", "--train.eval_every=2000"]),
     "vae_faces_b003": ("vae_faces", ["--train.steps=100000", "--train.eval_every=2000", "--method.kl_weight=0.03"]),
