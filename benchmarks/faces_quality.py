@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="generator checkpoint folders")
     parser.add_argument("--ref", default="data/face/val", help="folder of real face PNGs")
     parser.add_argument("--n", type=int, default=1000, help="faces sampled per checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="image i uses seed + i, so seeds 0 and 1 share N - 1 images: for an independent "
+                             "sample take seeds at least N apart (0, 1000, 2000 with --n 1000)")
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="clamped to the smaller folder")
     parser.add_argument("--batch-size", type=int, default=64, help="Inception batch size")
     parser.add_argument("--cache-name", default="", help="reference feature cache name (default: faces-<ref name>)")

@@ -1,4 +1,5 @@
-"""Command line: `python -m dlcv {data,train,eval,predict} ...`; the only module that prints or parses strings."""
+"""Command line: `python -m dlcv {data,train,eval,sample,predict,figures,hub,average} ...`; the only module that
+prints or parses strings."""
 
 from __future__ import annotations
 
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--seed", type=int, default=0)
     fig.add_argument("--metrics", default=None, help="the run's metrics.jsonl, for learning curves")
     fig.add_argument("--attribute", default="Male", help="attribute that colours the VAE t-SNE")
+
+    avg = sub.add_parser("average", help="uniform weight average of checkpoints of one run (e.g. a GAN's "
+                                          "snapshots), written as a new checkpoint")
+    avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoint folders")
+    avg.add_argument("--out", required=True, help="folder for the averaged checkpoint (new, or a checkpoint)")
 
     pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
     pred.add_argument("checkpoint")
@@ -258,5 +264,12 @@ def cmd_figures(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.hub import average
+
+    print(average(args.checkpoints, args.out))
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
-            "figures": cmd_figures, "hub": cmd_hub}
+            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average}

@@ -86,3 +86,29 @@ def test_course_classifier_loader_rejects_wrong_shapes(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(hub.CheckpointError, match="not a loadable torch checkpoint"):
         hub.load_course_classifier(tmp_path / "junk.pth")
+
+
+def test_average_is_the_mean_of_the_weights(tmp_path):
+    torch.manual_seed(0)
+    a = hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "a", {"metrics": {"fid": 1.0}})
+    b = hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "b",
+                 {"run": {"name": "r"}, "trained_steps": 7, "metrics": {"fid": 2.0}})
+    out = hub.average([a, b], tmp_path / "avg")
+    (ma, _), (mb, _), (mean, meta) = hub.load(a), hub.load(b), hub.load(out)
+    for key, value in mean.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (ma.state_dict()[key] + mb.state_dict()[key]) / 2)
+        else:
+            assert torch.equal(value, mb.state_dict()[key])
+    assert meta["run"] == {"name": "r"} and meta["trained_steps"] == 7
+    assert "metrics" not in meta and meta["averaged_from"] == [str(a), str(b)]
+
+
+def test_average_refuses_checkpoints_of_other_configs(tmp_path):
+    a = hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "a")
+    b = hub.save(Classifier(ClassifierConfig(kind="convnet", width=8)), tmp_path / "b")
+    with pytest.raises(hub.CheckpointError, match="average snapshots of one run only"):
+        hub.average([a, b], tmp_path / "avg")
+    with pytest.raises(ValueError, match="at least two"):
+        hub.average([a], tmp_path / "avg")
+    assert not (tmp_path / "avg").exists()
