@@ -163,7 +163,7 @@ def average(directories: list[str | os.PathLike], out: str | os.PathLike) -> Pat
     """Uniform weight average of checkpoints of one architecture and config (snapshots of one run), saved to `out`.
 
     Averaging a GAN generator's snapshots along its trajectory lowers FID beyond its EMA (Yazici et al. 2019):
-    the Smiling ACGAN's snapshots at steps 2,000 / 2,500 / 3,000 (RESULTS.md). Floating tensors, batch-norm
+    the shipped Smiling ACGAN averages its snapshots at steps 2,000-3,500 (RESULTS.md). Floating tensors, batch-norm
     running statistics included, are averaged in float64; integer buffers (num_batches_tracked) come from the last
     checkpoint, as do run, trained_steps and the rest of its config.json, plus `averaged_from`. Earlier metrics
     are dropped: they describe other weights.
