@@ -247,6 +247,12 @@ def model_card(directory: str | os.PathLike, repo_id: str | None = None) -> str:
     if train_cfg:
         lines.append("- " + ", ".join(f"{k} {train_cfg[k]}" for k in ("steps", "batch_size", "lr", "betas",
                                       "weight_decay", "ema_decay", "seed") if k in train_cfg))
+    if "trained_steps" in document:  # a run stopped early or resumed with another cap trains fewer than `steps`
+        lines.append(f"- trained steps: {document['trained_steps']}")
+    if document.get("averaged_from"):
+        sources = document["averaged_from"]
+        lines.append(f"- weights: the uniform average of {len(sources)} checkpoints of this run (`python -m dlcv "
+                     "average`): " + "; ".join(f"`{s}`" for s in sources))
     command, preset = _train_command(run)
     if command:
         lines += [f"- command, rebuilt from {CONFIG_NAME}'s `run` as overrides of the preset `{preset}` "

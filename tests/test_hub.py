@@ -102,6 +102,10 @@ def test_average_is_the_mean_of_the_weights(tmp_path):
             assert torch.equal(value, mb.state_dict()[key])
     assert meta["run"] == {"name": "r"} and meta["trained_steps"] == 7
     assert "metrics" not in meta and meta["averaged_from"] == [str(a), str(b)]
+    card = hub.model_card(out)  # the Hub card says what the weights are: an average, and of what
+    assert "- trained steps: 7" in card
+    assert (f"- weights: the uniform average of 2 checkpoints of this run (`python -m dlcv average`): `{a}`; `{b}`"
+            in card)
 
 
 def test_average_refuses_checkpoints_of_other_configs(tmp_path):
