@@ -130,13 +130,14 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
 
 
 def run_one(run: dict, args: argparse.Namespace) -> dict:
-    """Train one run in a subprocess (one thread, its own CUDA context); write results/<name>.json."""
+    """Train one run in a subprocess (--threads threads, its own CUDA context); write results/<name>.json."""
     out = Path(args.out)
     ckpt = out / "checkpoints" / run["name"]
     fresh = [] if resumable(run, args) else ["--fresh"]
     command = [sys.executable, "-m", "dlcv", "train", run["preset"], *fresh, "--out", str(ckpt),
                *train_overrides(run, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     record = {**run, "command": " ".join(command), "returncode": proc.returncode,
@@ -414,7 +415,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("DLCV_DATA", "data"), help="course-layout root")
     parser.add_argument("--out", default="runs/uda_table")
-    parser.add_argument("--jobs", type=int, default=4, help="runs in parallel (subprocesses, one thread each)")
+    parser.add_argument("--jobs", type=int, default=4, help="runs in parallel (subprocesses)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per run (more than cores / jobs oversubscribes: about 3x slower)")
     parser.add_argument("--steps", type=parse_steps, default={},
                         help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
     parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "refine"),
@@ -440,6 +443,8 @@ def main() -> None:
     parser.add_argument("--unpack", default="", metavar="NPZ", help="first rebuild --data from an NPZ made by --pack")
     args = parser.parse_args()
     args.set = [s if s.startswith("--") else f"--{s}" for s in args.set]
+    if args.threads < 1:
+        parser.error(f"--threads={args.threads} must be >= 1")
     if args.pack:
         return pack(args.data, args.pack)
     if args.unpack:
