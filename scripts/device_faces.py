@@ -2,10 +2,14 @@
 
     # here: pack the prepared faces losslessly (WebP) so they travel within the device tool's 64 MiB
     python scripts/device_faces.py pack --data data --out .devdata
-    # on the GPU machine (device tool, carry .devdata):
+    # the checkout with its checkpoints is over that limit: leave them behind (scripts/device_tree.py says how)
+    python scripts/device_tree.py hide
+    python scripts/device_tree.py size --carry .devdata checkpoints/smiling_classifier
+    # on the GPU machine (device tool, carry .devdata and checkpoints/smiling_classifier, which ranks snapshots):
     python scripts/device_faces.py run --devdata .devdata --out "$OUT" --minutes 7
     # a later call on the same warm machine: train the same runs on from their checkpoints
     python scripts/device_faces.py run --resume --out "$OUT" --minutes 6 --only dcgan_faces sngan_faces
+    # here, after the last call: python scripts/device_tree.py restore
 
 `run` unpacks the faces, trains every candidate in RUNS at once (one process each; small models leave the GPU
 mostly idle, so they share it well), ranks each GAN run's snapshots by a cheap proxy FID (features of the shipped

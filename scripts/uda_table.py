@@ -9,6 +9,7 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
     python scripts/uda_table.py --data data --out runs/uda_table --methods refine --pairs mnist:mnistm  # stage 2:
         # DIRT-T-style refinement of each DANN run's final weights (--init; exported by --final --report)
     python scripts/uda_table.py --data data --pack runs/digits.npz   # carry the data (~45 MB) to a GPU machine ...
+        # (with the checkout's checkpoints left behind: scripts/device_tree.py)
     python scripts/uda_table.py --unpack runs/digits.npz --data data --jobs 12    # ... rebuild it there, then train
 
 A run whose results/<run>.json exists is skipped, and a run cut short continues from its last state (every 500 steps)

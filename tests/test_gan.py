@@ -406,3 +406,40 @@ def test_device_faces_runs_are_valid_presets_and_overrides():
     for name, (preset, overrides) in load_script("scripts/device_faces.py").RUNS.items():
         cfg = apply_overrides(get_preset(preset), overrides)
         assert cfg.family in ("gan", "vae"), name
+
+
+def test_device_tree_hides_big_tracked_paths_from_a_device_call_and_restores_them(tmp_path):
+    """scripts/device_tree.py: the shipped checkpoints make the checkout larger than a device call may send."""
+    import subprocess
+
+    from conftest import load_script
+
+    tree = load_script("scripts/device_tree.py")
+    repo = tmp_path / "repo"
+    for name, n in {"checkpoints/a/model.safetensors": 3000, "docs/f.png": 500, "dlcv/x.py": 40}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"0" * n)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=repo, check=True)
+    exclude = repo / ".git" / "info" / "exclude"
+    original = exclude.read_text() if exclude.is_file() else None
+    assert tree.size(repo) == 3540
+
+    tree.hide(repo)
+    assert tree.size(repo) == 40 and (repo / "checkpoints/a/model.safetensors").is_file()  # left behind, not lost
+    assert tree.size(repo, ["checkpoints/a"]) == 3040  # carried back in
+    with pytest.raises(SystemExit, match="already hidden"):
+        tree.hide(repo)
+    assert tree.restore(repo) == ["checkpoints", "docs"]
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert status == "" and (exclude.read_text() if exclude.is_file() else None) == original
+    assert tree.size(repo) == 3540 and tree.restore(repo) == []
+
+    (repo / "dlcv/x.py").write_text("y = 1\n")
+    subprocess.run(["git", "add", "dlcv/x.py"], cwd=repo, check=True)
+    with pytest.raises(SystemExit, match="staged changes"):  # restore could not put such an index back
+        tree.hide(repo)
+    with pytest.raises(SystemExit, match="does not exist"):
+        tree.size(repo, ["nothing_here"])
