@@ -54,7 +54,8 @@ def size(repo: Path, carry: list[str] = ()) -> int:
 
 
 def hidden(repo: Path) -> list[str]:
-    text = _exclude_file(repo).read_text() if _exclude_file(repo).is_file() else ""
+    exclude = _exclude_file(repo)
+    text = exclude.read_text() if exclude.is_file() else ""
     if MARK not in text:
         return []
     block = text.split(MARK)[1]
