@@ -11,7 +11,9 @@ and carry back in only what the command reads:
     python scripts/device_tree.py restore                                     # `git status` as before `hide`
 
 `hide` untracks the paths in git's index only (`git rm --cached`) and ignores them in .git/info/exclude: the files
-stay on disk and nothing is committed. Do not commit between `hide` and `restore`: the commit would delete them.
+stay on disk and nothing is committed. A commit between `hide` and `restore` would delete them from the project, so
+`hide` also installs a pre-commit hook that refuses every commit until `restore` (which puts back any hook that was
+there before).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 LIMIT = 64 * 2**20  # bytes: the device tool's limit on the working tree that travels, carried paths included
 HIDDEN = ("checkpoints", "docs")
 MARK = "# dlcv device_tree hide"  # opens and closes the block that `hide` appends to .git/info/exclude
+SAVED_HOOK = "pre-commit.before-device-tree-hide"  # a pre-commit hook that was there before `hide`
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -32,6 +35,29 @@ def _git(repo: Path, *args: str) -> str:
 
 def _exclude_file(repo: Path) -> Path:
     return repo / _git(repo, "rev-parse", "--git-path", "info/exclude").strip()
+
+
+def _hook(repo: Path, name: str = "pre-commit") -> Path:
+    return repo / _git(repo, "rev-parse", "--git-path", f"hooks/{name}").strip()
+
+
+def _guard_commits(repo: Path, paths: tuple[str, ...] | list[str]) -> None:
+    """While hidden, the index no longer holds `paths`: a commit would delete them. Refuse commits until restore."""
+    hook = _hook(repo)
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    if hook.exists():
+        hook.replace(_hook(repo, SAVED_HOOK))
+    hook.write_text(f"#!/bin/sh\n{MARK}\necho 'refused: {' '.join(paths)} are hidden from git for a device call, so "
+                    "this commit would delete them. Run `python scripts/device_tree.py restore` first.' >&2\nexit 1\n")
+    hook.chmod(0o755)
+
+
+def _unguard_commits(repo: Path) -> None:
+    hook, saved = _hook(repo), _hook(repo, SAVED_HOOK)
+    if hook.is_file() and MARK in hook.read_text():
+        hook.unlink()
+    if saved.exists():
+        saved.replace(hook)
 
 
 def _files(path: Path) -> list[Path]:
@@ -77,6 +103,7 @@ def hide(repo: Path, paths: tuple[str, ...] | list[str] = HIDDEN) -> None:
     block = "".join(f"/{p}/\n" for p in paths)
     exclude.write_text(before + ("" if before.endswith("\n") or not before else "\n") + f"{MARK}\n{block}{MARK}\n")
     _git(repo, "rm", "-r", "-q", "--cached", "--", *paths)
+    _guard_commits(repo, paths)
 
 
 def restore(repo: Path) -> list[str]:
@@ -84,6 +111,7 @@ def restore(repo: Path) -> list[str]:
     if not paths:
         return []
     _git(repo, "reset", "-q", "--", *paths)  # the index entries come back from HEAD
+    _unguard_commits(repo)
     exclude = _exclude_file(repo)
     head, _, rest = exclude.read_text().partition(MARK)
     exclude.write_text(head + rest.partition(MARK)[2].lstrip("\n"))
@@ -106,7 +134,7 @@ def main() -> None:
         sys.exit(0 if total <= LIMIT else 1)
     if args.cmd == "hide":
         hide(repo, args.paths)
-        print(f"hidden from device calls: {args.paths} (still on disk). Do not commit until "
+        print(f"hidden from device calls: {args.paths} (still on disk). Commits are refused until "
               "`python scripts/device_tree.py restore`.")
     else:
         paths = restore(repo)

@@ -425,6 +425,10 @@ def test_device_tree_hides_big_tracked_paths_from_a_device_call_and_restores_the
     subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=repo, check=True)
     exclude = repo / ".git" / "info" / "exclude"
     original = exclude.read_text() if exclude.is_file() else None
+    own_hook = repo / ".git" / "hooks" / "pre-commit"  # a hook of the user's own, which must survive hide/restore
+    own_hook.parent.mkdir(parents=True, exist_ok=True)
+    own_hook.write_text("#!/bin/sh\nexit 0\n")
+    own_hook.chmod(0o755)
     assert tree.size(repo) == 3540
 
     tree.hide(repo)
@@ -432,9 +436,15 @@ def test_device_tree_hides_big_tracked_paths_from_a_device_call_and_restores_the
     assert tree.size(repo, ["checkpoints/a"]) == 3040  # carried back in
     with pytest.raises(SystemExit, match="already hidden"):
         tree.hide(repo)
+    # a commit while hidden would delete the checkpoints from the project: refused, naming the fix
+    commit = subprocess.run([*git, "commit", "-q", "-m", "oops"], cwd=repo, capture_output=True, text=True)
+    assert commit.returncode != 0 and "device_tree.py restore" in commit.stderr
+    assert subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD"], cwd=repo, capture_output=True,
+                          text=True).stdout.split() == ["checkpoints/a/model.safetensors", "dlcv/x.py", "docs/f.png"]
     assert tree.restore(repo) == ["checkpoints", "docs"]
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert status == "" and (exclude.read_text() if exclude.is_file() else None) == original
+    assert own_hook.read_text() == "#!/bin/sh\nexit 0\n"
     assert tree.size(repo) == 3540 and tree.restore(repo) == []
 
     (repo / "dlcv/x.py").write_text("y = 1\n")
