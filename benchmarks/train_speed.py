@@ -7,6 +7,10 @@ image, no in-memory cache), fp32, default memory layout, the same Generator/Disc
 is `dlcv.training.train` on the preset as shipped (in-memory uint8 cache, bf16 autocast, channels_last). Each
 preset is also timed with amp and channels_last off ("plain"), which isolates what the two settings buy.
 Throughput counts real images through D per second, after `--warmup` steps.
+
+It also prints the arithmetic the reference does (GFLOP per step, counted by torch's FlopCounterMode) and this
+machine's fp32 matmul rate, so a reader can tell whether 2x the reference is possible with fp32 maths at all: on a
+CPU without native bf16 (AVX2 only) the reference already runs near that rate (RESULTS.md, issue 3 speed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlcv.config import apply_overrides  # noqa: E402
 from dlcv.presets import get_preset  # noqa: E402
+from dlcv.runtime import bf16_native  # noqa: E402
 from dlcv.training import train  # noqa: E402
 from dlcv.training.common import run_dir  # noqa: E402
 
@@ -95,6 +100,37 @@ def reference(data: str, steps: int, warmup: int, batch_size: int = 64) -> float
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def reference_gflop(batch_size: int = 64) -> float:
+    """GFLOP of one reference step (G forward once, D on real and fake, both backward passes), counted by torch."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dlcv.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+    G, D = Generator(GeneratorConfig()), Discriminator(DiscriminatorConfig())
+    with FlopCounterMode(display=False) as counter:
+        fake = G(torch.randn(batch_size, 100))
+        d_real, _ = D(torch.randn(batch_size, 3, 64, 64))
+        d_fake, _ = D(fake.detach())
+        (F.softplus(-d_real).mean() + F.softplus(d_fake).mean()).backward()
+        F.softplus(-D(fake)[0]).mean().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops() -> float:
+    """This CPU's fp32 rate on large square matmuls (best of three sizes): a practical ceiling for conv nets."""
+    best = 0.0
+    for n in (2048, 4096, 6144):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        reps = max(3, int(2e10 / (2 * n**3)))
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data")
@@ -105,11 +141,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; images/s over {args.steps} steps")
     ref = reference(args.data, args.steps, args.warmup)
     print(f"{'reference (course DCGAN loop, PNG DataLoader, fp32)':<52} {ref:8.1f} img/s   1.00x")
+    gflop, ceiling = reference_gflop(), matmul_gflops()
+    print(f"  reference arithmetic: {gflop:.1f} GFLOP per step of 64 -> {ref / 64 * gflop:.0f} GFLOP/s; 2x needs "
+          f"{2 * ref / 64 * gflop:.0f} GFLOP/s; this CPU's fp32 matmul: {ceiling:.0f} GFLOP/s "
+          f"(bf16 native: {bf16_native(torch.device('cpu'))})")
+    # train.amp asks for bf16 autocast, which runs only where bf16 is native (dlcv.runtime.autocast)
+    shipped = " (shipped: bf16 autocast, channels_last)" if bf16_native(torch.device("cpu")) else \
+        " (shipped: channels_last; fp32, no native bf16)"
     for preset in args.presets:
         plain = ours(preset, args.data, args.steps, args.warmup, plain=True)
         fast = ours(preset, args.data, args.steps, args.warmup, plain=False)
         print(f"{preset + ' (plain: fp32, default layout)':<52} {plain:8.1f} img/s   {plain / ref:.2f}x")
-        print(f"{preset + ' (shipped: bf16 autocast, channels_last)':<52} {fast:8.1f} img/s   {fast / ref:.2f}x")
+        print(f"{preset + shipped:<52} {fast:8.1f} img/s   {fast / ref:.2f}x")
 
 
 if __name__ == "__main__":

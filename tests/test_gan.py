@@ -453,3 +453,18 @@ def test_device_tree_hides_big_tracked_paths_from_a_device_call_and_restores_the
         tree.hide(repo)
     with pytest.raises(SystemExit, match="does not exist"):
         tree.size(repo, ["nothing_here"])
+
+
+def test_train_speed_counts_the_reference_step_arithmetic_by_hand():
+    """benchmarks/train_speed.py's GFLOP per reference step, against the DCGAN layers' multiply-adds by hand."""
+    from conftest import load_script
+
+    speed = load_script("benchmarks/train_speed.py")
+    # multiply-adds per image of one forward pass: G's transposed convs 100->512 (1->4), 512->256, 256->128,
+    # 128->64, 64->3 (4x4 kernels; input pixels x Cin x Cout x 16); D mirrors them, ending in a 4x4 conv to 1
+    g_macs = 100 * 512 * 16 + 16 * 512 * 256 * 16 + 64 * 256 * 128 * 16 + 256 * 128 * 64 * 16 + 1024 * 64 * 3 * 16
+    d_macs = 1024 * 3 * 64 * 16 + 256 * 64 * 128 * 16 + 64 * 128 * 256 * 16 + 16 * 256 * 512 * 16 + 512 * 16
+    # G: forward + backward (input and weight gradients) = 3 passes; D: 3 forwards (real, fake, fake for G), each
+    # with a backward of 2 passes = 9 passes
+    per_image = 2 * (3 * g_macs + 9 * d_macs) / 1e9
+    assert speed.reference_gflop(batch_size=2) == pytest.approx(2 * per_image, rel=0.01)
