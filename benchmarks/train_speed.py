@@ -141,12 +141,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; images/s over {args.steps} steps")
     ref = reference(args.data, args.steps, args.warmup)
     print(f"{'reference (course DCGAN loop, PNG DataLoader, fp32)':<52} {ref:8.1f} img/s   1.00x")
-    gflop, ceiling = reference_gflop(), matmul_gflops()
+    gflop, ceiling, native = reference_gflop(), matmul_gflops(), bf16_native(torch.device("cpu"))
     print(f"  reference arithmetic: {gflop:.1f} GFLOP per step of 64 -> {ref / 64 * gflop:.0f} GFLOP/s; 2x needs "
-          f"{2 * ref / 64 * gflop:.0f} GFLOP/s; this CPU's fp32 matmul: {ceiling:.0f} GFLOP/s "
-          f"(bf16 native: {bf16_native(torch.device('cpu'))})")
+          f"{2 * ref / 64 * gflop:.0f} GFLOP/s; this CPU's fp32 matmul: {ceiling:.0f} GFLOP/s (bf16 native: {native})")
     # train.amp asks for bf16 autocast, which runs only where bf16 is native (dlcv.runtime.autocast)
-    shipped = " (shipped: bf16 autocast, channels_last)" if bf16_native(torch.device("cpu")) else \
+    shipped = " (shipped: bf16 autocast, channels_last)" if native else \
         " (shipped: channels_last; fp32, no native bf16)"
     for preset in args.presets:
         plain = ours(preset, args.data, args.steps, args.warmup, plain=True)
