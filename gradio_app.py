@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 
 FACE_DEFAULT = service.FACE_GAN_ORDER[0]
 
@@ -59,7 +59,7 @@ def _gallery(images: torch.Tensor, captions: list[str] | None = None, scale: int
     return list(zip(pils, captions)) if captions else pils
 
 
-MISSING = (service.ModelMissing, hub.CheckpointError)
+MISSING = (service.ModelMissing, checkpoint.CheckpointError)
 
 
 def list_models() -> dict:

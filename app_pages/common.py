@@ -7,7 +7,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 
 
 @st.cache_resource(show_spinner="Looking for checkpoints ...")
@@ -31,7 +31,7 @@ def get_model(name: str, quiet: bool = False):
     try:
         info = catalog().get(name)
         model, document = load_model(str(info.path))
-    except (service.ModelMissing, hub.CheckpointError) as err:
+    except (service.ModelMissing, checkpoint.CheckpointError) as err:
         if not quiet:
             st.info(str(err), icon=":material/info:")
         return None

@@ -15,7 +15,7 @@ import os
 import torch
 from sklearn.metrics import roc_auc_score
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.metrics import digit_scores, embed, predict_logits
 from dlcv.sampling import sample_gan
 
@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--course", default=str(COURSE_CLASSIFIER))
     args = parser.parse_args()
 
-    course = hub.load_course_classifier(args.course)
-    generator, _ = hub.load(args.checkpoint)
+    course = checkpoint.load_course_classifier(args.course)
+    generator, _ = checkpoint.load(args.checkpoint)
     seeds = [int(s) for s in args.seeds.split(",")]
     labels = torch.arange(10).repeat_interleave(100)
     images = torch.cat([to_uint8(sample_gan(generator, 1000, seed=s, labels=labels)) for s in seeds])
@@ -41,7 +41,7 @@ def main() -> None:
     course_right = (predict_logits(course, images).argmax(1) == requested).float()
     print(json.dumps({"images": len(images), "course_misread": int((1 - course_right).sum())}))
     for path in filter(None, args.classifiers.split(",")):
-        logits = predict_logits(hub.load(path)[0], images)
+        logits = predict_logits(checkpoint.load(path)[0], images)
         log_p = logits.log_softmax(1)[torch.arange(len(images)), requested]
         agree = (logits.argmax(1) == requested).float().mean().item()
         print(json.dumps({"classifier": path, "reads_requested": round(agree, 3),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_image_range
 from dlcv.diffusion import ddim_timesteps
@@ -61,7 +61,7 @@ def main() -> None:
                         help="also score the default setting at these seeds: accuracy and lowest class per seed")
     args = parser.parse_args()
 
-    classifier = hub.load_course_classifier(args.classifier)
+    classifier = checkpoint.load_course_classifier(args.classifier)
     reference = reference_digits(args.data)
     reference_features = embed(classifier, reference)  # once, not per guidance weight
     model, document = service.load(args.checkpoint)
@@ -106,7 +106,7 @@ def main() -> None:
                 frames = [kept[t][first_zero] for t in ts] + [images[first_zero]]
                 save_strip(frames, [f"t={t}" for t in ts] + ["x0"], figures / f"{name}_reverse.png")
         if w == default_w and args.write_metrics:
-            hub.update_metrics(args.checkpoint, {"accuracy": row["accuracy"], "digit_fid": row["digit_fid"],
+            checkpoint.update_metrics(args.checkpoint, {"accuracy": row["accuracy"], "digit_fid": row["digit_fid"],
                                                  "per_class_accuracy": row["per_class"], "guidance": w,
                                                  "measured_with": "benchmarks/digits_quality.py, seed 0, 100 per class"})
     if rows:  # the reference digits' spread, once

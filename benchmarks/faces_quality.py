@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 from dlcv.data.digits import read_image_folder
 from dlcv.data.loaders import to_image_range
 from dlcv.fileio import atomic_write_text
@@ -41,7 +41,7 @@ def num_classes(checkpoint: str | Path) -> int:
 
 def agreement(folder: Path, classifier: str | Path) -> dict[str, float]:
     """Share of samples {label}_{index}.png that `classifier` assigns to their label, overall and per label."""
-    model, _ = hub.load(classifier)
+    model, _ = checkpoint.load(classifier)
     images, names = read_image_folder(folder, image_size=None)
     labels = torch.tensor([int(name.split("_")[0]) for name in names])
     pred = predict_logits(model, images).argmax(1)
@@ -51,9 +51,9 @@ def agreement(folder: Path, classifier: str | Path) -> dict[str, float]:
 
 
 @torch.no_grad()
-def pair_identity(checkpoint: str | Path, n: int, seed: int, batch_size: int = 50) -> dict[str, float]:
+def pair_identity(folder: str | Path, n: int, seed: int, batch_size: int = 50) -> dict[str, float]:
     """pair_similarity of the Inception pool3 features of n smiling pairs (service.smiling_pairs, seed-fixed)."""
-    generator, _ = hub.load(checkpoint)
+    generator, _ = checkpoint.load(folder)
     extractor = feature_extractor(fused=True)
     features = []
     for images in service.smiling_pairs(generator, n, seed=seed):
@@ -88,23 +88,23 @@ def main() -> None:
     print(f"reference {args.ref}, {args.n} samples per checkpoint, seed {args.seed}, Inception on {device}", flush=True)
 
     rows = []
-    for checkpoint in args.checkpoints:
+    for folder_arg in args.checkpoints:
         with tempfile.TemporaryDirectory(prefix="faces_quality_") as tmp:
             start = time.perf_counter()
-            k = num_classes(checkpoint)
+            k = num_classes(folder_arg)
             count = {"per_class": args.n // k} if k else {"n": args.n}  # conditional: N / K faces per label
-            folder = service.sample_to_folder(checkpoint, Path(tmp) / "samples", seed=args.seed, **count)
+            folder = service.sample_to_folder(folder_arg, Path(tmp) / "samples", seed=args.seed, **count)
             sample_seconds = time.perf_counter() - start
             extra = agreement(folder, args.attribute_classifier) if k else {}
             for classifier in filter(None, args.also_classifiers.split(",")) if k else []:
                 extra[f"agreement@{Path(classifier).name}"] = agreement(folder, classifier)["agreement"]
             if k == 2:
-                extra.update(pair_identity(checkpoint, args.pairs, args.seed))
+                extra.update(pair_identity(folder_arg, args.pairs, args.seed))
             start = time.perf_counter()
             scores = face_scores(folder, args.ref, kid_subset_size=args.kid_subset_size, cache_name=cache_name,
                                  batch_size=args.batch_size)
             inception_seconds = time.perf_counter() - start
-        row = {"name": Path(checkpoint).name, "checkpoint": str(checkpoint), **scores, **extra,
+        row = {"name": Path(folder_arg).name, "checkpoint": str(folder_arg), **scores, **extra,
                "sample_seconds": round(sample_seconds, 2), "inception_seconds": round(inception_seconds, 2)}
         rows.append(row)
         print(f"{row['name']}: FID {row['fid']:.2f}, KID {row['kid_mean']:.5f} ± {row['kid_std']:.5f}, "

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 from dlcv.metrics import accuracy, predict_logits
 
 from digits_quality import COURSE_CLASSIFIER, to_uint8  # same directory
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    classifier = hub.load_course_classifier(args.classifier)
+    classifier = checkpoint.load_course_classifier(args.classifier)
     model, document = service.load(args.checkpoint)
     T = document["schedule"]["num_timesteps"]
     interval = tuple(int(v) for v in args.guidance_interval.split(",")) if args.guidance_interval else None

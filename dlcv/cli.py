@@ -171,11 +171,11 @@ CLASSIFIERS = ("classifier", "uda_net")  # the architectures that eval and predi
 
 
 def _load_classifier(path: str):
-    from dlcv import hub
+    from dlcv import checkpoint, hub
 
     if Path(path).is_file():
-        return hub.load_course_classifier(path)
-    model, document = hub.load(path)
+        return checkpoint.load_course_classifier(path)
+    model, document = checkpoint.load(path)
     if document["architecture"] not in CLASSIFIERS:
         raise ValueError(f"{path} is a {document['architecture']} checkpoint, which does not classify; use a "
                          f"classifier or UDA checkpoint ({', '.join(CLASSIFIERS)}) or the course's .pth")
@@ -243,14 +243,14 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_hub(args: argparse.Namespace, rest: list[str]) -> int:
-    from dlcv import hub
+    from dlcv import checkpoint, hub
 
     if args.hub_command == "push":
         url = hub.push(args.checkpoint, args.repo, private=args.private, endpoint=args.endpoint)
         print(f"pushed {args.checkpoint} to {url}")
         return 0
     folder = hub.pull(args.repo, revision=args.revision, cache_dir=args.cache_dir, endpoint=args.endpoint)
-    hub.load(folder)  # strict load before handing the path to a script
+    checkpoint.load(folder)  # strict load before handing the path to a script
     print(folder)  # only the path, so `$(python -m dlcv hub pull ...)` works
     return 0
 
@@ -265,7 +265,7 @@ def cmd_figures(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_average(args: argparse.Namespace, rest: list[str]) -> int:
-    from dlcv.hub import average
+    from dlcv.checkpoint import average
 
     print(average(args.checkpoints, args.out))
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.data.loaders import to_image_range, to_model_range
 from dlcv.sampling import sample_gan, sample_vae
 from dlcv.viz import plot_curves, plot_tsne, save_captioned_rows, save_grid, save_strip
@@ -27,15 +27,15 @@ CURVE_KEYS = {"vae": ["recon", "kl", "train_mse"], "generator": ["d_loss", "g_lo
               "unet": ["loss"], "classifier": ["loss"]}
 
 
-def write_figures(checkpoint: str | Path, out: str | Path, data_root: str | Path | None = None, seed: int = 0,
+def write_figures(folder: str | Path, out: str | Path, data_root: str | Path | None = None, seed: int = 0,
                   metrics: str | Path | None = None, attribute: str = "Male") -> list[Path]:
-    """Write every figure that `checkpoint` supports into `out` (named <checkpoint>_<figure>.png); returns them.
+    """Write every figure that the checkpoint `folder` supports into `out` (named <folder>_<figure>.png); returns them.
 
     Figures that need data (VAE reconstructions and t-SNE) are skipped with a log line when data_root is None.
     """
-    checkpoint, out = Path(checkpoint), Path(out)
-    model, document = hub.load(checkpoint)
-    name, architecture = checkpoint.name, document["architecture"]
+    folder, out = Path(folder), Path(out)
+    model, document = checkpoint.load(folder)
+    name, architecture = folder.name, document["architecture"]
     written: list[Path] = []
     if architecture == "generator":
         written += gan_figures(model, out, name, seed)

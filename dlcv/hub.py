@@ -1,198 +1,15 @@
-"""Checkpoints: save(model, dir, meta) / load(dir) as config.json + model.safetensors, strict key/shape checks,
-atomic folder writes; the course's own Classifier.pth loader."""
+"""The Hugging Face Hub: push a checkpoint folder with a generated model card, pull one into the HF cache.
+The local format itself (config.json + model.safetensors) is dlcv.checkpoint."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn as nn
-from safetensors.torch import load_file, save_model
-
-from dlcv.config import from_dict, to_dict
-from dlcv.fileio import atomic_dir
-from dlcv.models import architecture_of, build_model, model_config_class
-from dlcv.models.classifier import Classifier, ClassifierConfig
-
-FORMAT = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"  # the Hub's model card, written by push
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message says which file and why."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under torch.compile / AveragedModel wrappers, so saved keys carry no prefixes."""
-    model = getattr(model, "_orig_mod", model)
-    if isinstance(model, torch.optim.swa_utils.AveragedModel) or type(model).__name__ == "EMA":
-        model = model.module  # training.common.EMA: hub sits below training, so it is matched by name
-    return getattr(model, "_orig_mod", model)
-
-
-def check_replaceable(directory: str | os.PathLike) -> None:
-    """Refuse a checkpoint destination whose files a save would delete: the save swaps the whole folder, so an
-    existing one may hold only what a checkpoint holds (a previous checkpoint is replaced; anything else is kept)."""
-    directory = Path(directory)
-    if not directory.exists():
-        return
-    if not directory.is_dir():
-        raise FileExistsError(f"{directory} is a file; give a folder for the checkpoint")
-    others = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
-    if others:
-        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise FileExistsError(f"{directory} holds other files ({listed}), which writing a checkpoint there would "
-                              f"delete; give a new or empty folder (or an existing checkpoint) instead")
-
-
-def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write <directory>/config.json + model.safetensors in one atomic folder swap (check_replaceable first).
-
-    `meta` adds top-level entries (run, metrics, schedule, ...) next to format/architecture/config.
-    """
-    check_replaceable(directory)
-    model = unwrap(model)
-    config = model.config
-    document = {"format": FORMAT, "architecture": architecture_of(config), "config": to_dict(config)}
-    document.update(meta or {})
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        save_model(model, str(tmp / WEIGHTS_NAME))  # handles tied weights, unlike save_file
-        (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
-    return directory
-
-
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed config.json of a checkpoint folder."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        document = json.loads(path.read_text())
-    except ValueError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from None
-    if document.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {document.get('format')!r}; this dlcv reads format {FORMAT}")
-    return document
-
-
-def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from config.json and load model.safetensors strictly; returns (model in eval mode, meta)."""
-    directory = Path(directory)
-    document = read_config(directory)
-    try:
-        config = from_dict(model_config_class(document["architecture"]), document["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: cannot rebuild the model config ({err})") from None
-    model = build_model(document["architecture"], config)
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} not found; copy the weights next to {CONFIG_NAME}")
-    try:
-        state = load_file(str(weights))
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}); re-download it") from None
-    check_state_dict(model, state, str(weights))
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), document
-
-
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Raise CheckpointError listing missing, unexpected and mis-shaped tensors (before load_state_dict would)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes:
-            parts.append(f"shape mismatch {shapes[:5]}")
-        raise CheckpointError(f"{where} does not fit {type(model).__name__}: {'; '.join(parts)}. "
-                              f"The weights were saved for a different architecture or config; "
-                              f"use the config.json that came with them")
-
-
-def weights_sha256(directory: str | os.PathLike) -> str:
-    """sha256 of model.safetensors (what grading manifests record)."""
-    digest = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_NAME, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_course_classifier(path: str | os.PathLike) -> Classifier:
-    """Load the course's Classifier.pth safely (weights_only, CPU) into the rebuilt LeNet, in eval mode."""
-    model = Classifier(ClassifierConfig(kind="lenet"))
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no course classifier at {path}; pass the path to Classifier.pth "
-                                f"(here: ../shared/data/weights/dlcv_digit_classifier.pth)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zip files, non-torch files
-        raise CheckpointError(f"{path} is not a loadable torch checkpoint ({err}); use the course's Classifier.pth") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors; expected the course's Classifier.pth")
-    check_state_dict(model, state, str(path))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def update_metrics(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:
-    """Merge measured metrics into a checkpoint's config.json (atomic rewrite; the weights are untouched)."""
-    from dlcv.fileio import atomic_write_text
-
-    document = read_config(directory)
-    document.setdefault("metrics", {}).update(metrics)
-    atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(document, indent=2) + "\n")
-
-
-def average(directories: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Uniform weight average of checkpoints of one architecture and config (snapshots of one run), saved to `out`.
-
-    Averaging a GAN generator's snapshots along its trajectory lowers FID beyond its EMA (Yazici et al. 2019):
-    the shipped Smiling ACGAN averages its snapshots at steps 2,000-3,500 (RESULTS.md). Floating tensors, batch-norm
-    running statistics included, are averaged in float64; integer buffers (num_batches_tracked) come from the last
-    checkpoint, as do run, trained_steps and the rest of its config.json, plus `averaged_from`. Earlier metrics
-    are dropped: they describe other weights.
-    """
-    if len(directories) < 2:
-        raise ValueError(f"give at least two checkpoints to average, got {len(directories)}")
-    documents = [read_config(d) for d in directories]
-    first = documents[0]
-    for directory, document in zip(directories[1:], documents[1:]):
-        if (document["architecture"], document["config"]) != (first["architecture"], first["config"]):
-            raise CheckpointError(f"{directory} is a {document['architecture']} with config {document['config']}, "
-                                  f"but {directories[0]} is a {first['architecture']} with {first['config']}; "
-                                  f"average snapshots of one run only")
-    models = [load(d)[0] for d in directories]
-    states = [m.state_dict() for m in models]
-    averaged = {}
-    for key, last in states[-1].items():
-        if last.is_floating_point():
-            averaged[key] = (sum(state[key].double() for state in states) / len(states)).to(last.dtype)
-        else:
-            averaged[key] = last
-    model = models[-1]
-    model.load_state_dict(averaged, strict=True)
-    meta = {k: v for k, v in documents[-1].items() if k not in ("format", "architecture", "config", "metrics")}
-    meta["averaged_from"] = [str(d) for d in directories]
-    return save(model, out, meta)
-
-
-# ---------------------------------------------------------------- Hugging Face Hub: push / pull
+from dlcv.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load, read_config
+from dlcv.config import to_dict
 
 HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]  # what push uploads and pull downloads, nothing else
 
@@ -221,7 +38,7 @@ def model_card(directory: str | os.PathLike, repo_id: str | None = None) -> str:
              f"model config, training run, metrics) and `{WEIGHTS_NAME}` (weights, loaded with strict key and shape "
              "checks).", "",
              "```bash", f"python -m dlcv hub pull {repo}   # prints the local folder", "```", "",
-             "```python", "from dlcv import hub", "", f'model, meta = hub.load(hub.pull("{repo}"))', "```", "",
+             "```python", "from dlcv import checkpoint, hub", "", f'model, meta = checkpoint.load(hub.pull("{repo}"))', "```", "",
              "## Training data", ""]
     if data:
         lines.append(f"- dataset `{data.get('dataset')}`"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dlcv import hub
+from dlcv import checkpoint, hub
 from dlcv.data.digits import GREY_DOMAINS, UDA_PAIRS
 from dlcv.data.loaders import to_model_range
 
@@ -53,10 +53,10 @@ def list_models(root: str | Path | None = None) -> list[ModelInfo]:
     """Every loadable-looking checkpoint folder under `root` (config.json + model.safetensors), sorted by name."""
     root = Path(root) if root else checkpoints_root()
     infos = []
-    for folder in sorted(p for p in root.glob("*") if (p / hub.CONFIG_NAME).is_file()) if root.is_dir() else []:
+    for folder in sorted(p for p in root.glob("*") if (p / checkpoint.CONFIG_NAME).is_file()) if root.is_dir() else []:
         try:
-            document = hub.read_config(folder)
-        except hub.CheckpointError:
+            document = checkpoint.read_config(folder)
+        except checkpoint.CheckpointError:
             continue
         infos.append(_info(folder.name, folder, document, str(root)))
     return infos
@@ -81,7 +81,7 @@ def class_labels(document: dict[str, Any]) -> list[str]:
 
 def load(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a checkpoint folder on CPU (callers cache it: st.cache_resource, functools.cache)."""
-    return hub.load(path)
+    return checkpoint.load(path)
 
 
 def fit_image(image: Image.Image, size: int, channels: int) -> tuple[Image.Image, str]:
@@ -279,8 +279,8 @@ def catalog(root: str | Path | None = None, repos: list[str] | None = None, endp
         name = repo.rsplit("/", 1)[-1]
         try:
             folder = hub.pull(repo, endpoint=endpoint)
-            models[name] = _info(name, folder, hub.read_config(folder), f"hub:{repo}")
-        except hub.CheckpointError as err:  # HubError included
+            models[name] = _info(name, folder, checkpoint.read_config(folder), f"hub:{repo}")
+        except checkpoint.CheckpointError as err:  # HubError included
             fallback = "using the local copy" if name in models else "not available"
             notes.append(f"{repo}: {err} ({fallback})")
             log.warning("hub pull of %s failed: %s", repo, err)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 from dlcv.config import default_data_root
 from dlcv.data.digits import write_predictions
 from dlcv.fileio import atomic_write_text
@@ -67,8 +67,8 @@ class Missing(Exception):
 def checkpoint_path(name: str, root: Path) -> Path:
     """root/name, or Missing naming the folder and what would produce it."""
     path = root / name
-    if not (path / hub.CONFIG_NAME).is_file() or not (path / hub.WEIGHTS_NAME).is_file():
-        raise Missing(f"checkpoint {name} is not shipped ({path} has no {hub.CONFIG_NAME} + {hub.WEIGHTS_NAME}); "
+    if not (path / checkpoint.CONFIG_NAME).is_file() or not (path / checkpoint.WEIGHTS_NAME).is_file():
+        raise Missing(f"checkpoint {name} is not shipped ({path} has no {checkpoint.CONFIG_NAME} + {checkpoint.WEIGHTS_NAME}); "
                       f"train it or pull it into {root}")
     return path
 
@@ -90,7 +90,7 @@ def run_entry(entry: Entry, work: Callable[[Entry], None]) -> Entry:
 
 def record_checkpoint(entry: Entry, path: Path) -> None:
     entry.checkpoint = path.name
-    entry.sha256 = hub.weights_sha256(path)
+    entry.sha256 = checkpoint.weights_sha256(path)
 
 
 def count_files(folder: Path) -> int:
@@ -220,11 +220,11 @@ def uda_checkpoints(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]
     Method and domains come from the recorded metrics, else from the name uda_<method>_<source>_to_<target>."""
     pairs: dict[tuple[str, str], list[tuple[str, Path, float]]] = {}
     for folder in sorted(root.glob("uda_*")) if root.is_dir() else []:
-        if not (folder / hub.WEIGHTS_NAME).is_file():
+        if not (folder / checkpoint.WEIGHTS_NAME).is_file():
             continue
         try:
-            metrics = hub.read_config(folder).get("metrics", {})
-        except hub.CheckpointError:
+            metrics = checkpoint.read_config(folder).get("metrics", {})
+        except checkpoint.CheckpointError:
             metrics = {}
         match = UDA_PATTERN.match(folder.name)
         named = match.groupdict() if match else {}
@@ -327,8 +327,8 @@ def uda_tsne(entry: Entry, checkpoint: Path, source: str, target: str, ctx: Cont
 
 def _metrics(path: Path) -> dict[str, Any]:
     try:
-        return {"metrics": hub.read_config(path).get("metrics", {})}
-    except hub.CheckpointError as err:
+        return {"metrics": checkpoint.read_config(path).get("metrics", {})}
+    except checkpoint.CheckpointError as err:
         return {"metrics": {}, "error": str(err)}
 
 

@@ -229,13 +229,13 @@ def fid_scores(samples: Path, reference: Path, n_samples: int, isc: bool) -> dic
 
 def score_digits(out: Path, classifier_path: Path) -> dict[str, Any]:
     """digits/acgan and digits/diffusion: validity, then the course classifier's accuracy and per-class table."""
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.metrics import digit_scores
 
     part: dict[str, Any] = {"classifier": str(classifier_path), "notes": []}
     classifier, why = None, ""
     try:
-        classifier = hub.load_course_classifier(classifier_path)
+        classifier = checkpoint.load_course_classifier(classifier_path)
     except Exception as err:  # noqa: BLE001 - grader-side
         why = f"{type(err).__name__}: {err}"
         part["notes"].append(f"accuracy not computed: {why}; pass --classifier or set DLCV_COURSE_CLASSIFIER")

@@ -124,13 +124,13 @@ def proxy_scores(runs: Path, root: Path) -> dict[str, dict[str, dict[str, float]
     """run -> candidate folder -> {proxy_fid, smiling_agreement?}, on the GPU."""
     import torch
 
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.data.faces import read_faces
     from dlcv.metrics import embed, frechet_distance, predict_logits
     from dlcv.sampling import sample_gan
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier, _ = hub.load(Path(__file__).resolve().parents[1] / "checkpoints" / "smiling_classifier")
+    classifier, _ = checkpoint.load(Path(__file__).resolve().parents[1] / "checkpoints" / "smiling_classifier")
     classifier = classifier.to(device).eval()
     real = read_faces(root, "train").images
     real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:2000]]
@@ -145,7 +145,7 @@ def proxy_scores(runs: Path, root: Path) -> dict[str, dict[str, dict[str, float]
         for folder in candidates:
             if not (folder / "model.safetensors").is_file():
                 continue
-            generator, _ = hub.load(folder)
+            generator, _ = checkpoint.load(folder)
             generator = generator.to(device)
             labels = torch.arange(2).repeat_interleave(500) if generator.config.num_classes else None
             with torch.no_grad():

@@ -352,7 +352,7 @@ def table_runs(args: argparse.Namespace, methods: tuple[str, ...]) -> list[dict]
 def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
     """The run with its *final* weights as checkpoint (<out>/final/<name>, written once from its state.pt by
     dlcv.training.uda.export_final, with every figure measured on those weights) instead of its selected ones."""
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.config import RunConfig, apply_overrides, from_dict
     from dlcv.presets import get_preset
     from dlcv.training.uda import export_final
@@ -361,11 +361,11 @@ def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
     if not (dest / "config.json").is_file():
         if run.get("checkpoint") and (Path(run["checkpoint"]) / "config.json").is_file():
             # the config the run trained with, so --steps/--set need not be repeated
-            cfg = from_dict(RunConfig, hub.read_config(run["checkpoint"])["run"])
+            cfg = from_dict(RunConfig, checkpoint.read_config(run["checkpoint"])["run"])
         else:
             cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
         export_final(cfg, dest)
-    return {**run, "checkpoint": str(dest), "metrics": hub.read_config(dest)["metrics"]}
+    return {**run, "checkpoint": str(dest), "metrics": checkpoint.read_config(dest)["metrics"]}
 
 
 def tsne(args: argparse.Namespace) -> None:
@@ -373,14 +373,14 @@ def tsne(args: argparse.Namespace) -> None:
     pair (those of --pairs if given) and method: coloured by class and by domain."""
     import torch
 
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.data.digits import read_digits
     from dlcv.figures import domain_tsne
 
     runs = [r for r in table_runs(args, ("source_only", *ADAPTED)) if r["seed"] == 0]
     generator = torch.Generator().manual_seed(0)
     for r in runs:
-        model, _ = hub.load(r["checkpoint"])
+        model, _ = checkpoint.load(r["checkpoint"])
         splits = [read_digits(args.data, d, "val") for d in (r["source"], r["target"])]
         n = min(args.tsne_per_domain, *(len(s) for s in splits))
         picks = [torch.randperm(len(split), generator=generator)[:n] for split in splits]

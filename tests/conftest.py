@@ -100,10 +100,10 @@ def tiny_run_cfg(tiny_digits: Path, tmp_path: Path):
 @pytest.fixture
 def tmp_ckpt(tmp_path: Path) -> Path:
     """A saved tiny classifier checkpoint folder."""
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.models.classifier import Classifier, ClassifierConfig
 
-    return hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt", {"metrics": {"x": 1}})
+    return checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt", {"metrics": {"x": 1}})
 
 
 def write_faces(root: Path, per_split: dict[str, int]) -> Path:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcv import hub, service
+from dlcv import checkpoint, hub, service
 from dlcv.models import ARCHITECTURES, build_model
 from dlcv.models.classifier import ClassifierConfig
 from dlcv.models.gan import GeneratorConfig
@@ -45,20 +45,20 @@ def demo_root(tmp_path_factory) -> Path:
     ckpts = root / "checkpoints"
     torch.manual_seed(0)
     for name in ("dcgan_faces", "sngan_faces"):
-        hub.save(tiny_generator(64), ckpts / name)
-    hub.save(tiny_generator(64, num_classes=2), ckpts / "acgan_faces", {"run": {"data": {"attribute": "Smiling"}}})
-    hub.save(tiny_generator(28, num_classes=10), ckpts / "acgan_digits", {"metrics": {"accuracy": 0.5}})
-    hub.save(build_model("classifier", ClassifierConfig(image_size=64, num_classes=2, width=4)),
+        checkpoint.save(tiny_generator(64), ckpts / name)
+    checkpoint.save(tiny_generator(64, num_classes=2), ckpts / "acgan_faces", {"run": {"data": {"attribute": "Smiling"}}})
+    checkpoint.save(tiny_generator(28, num_classes=10), ckpts / "acgan_digits", {"metrics": {"accuracy": 0.5}})
+    checkpoint.save(build_model("classifier", ClassifierConfig(image_size=64, num_classes=2, width=4)),
              ckpts / "smiling_classifier", {"run": {"data": {"attribute": "Smiling"}}})
     unet = build_model("unet", UNetConfig(base_width=8, channel_mults=(1, 2), attention_levels=(), dropout=0.0))
-    hub.save(unet, ckpts / "ddpm_digits", {
+    checkpoint.save(unet, ckpts / "ddpm_digits", {
         "schedule": {"num_timesteps": 50, "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02},
         "sampling": {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 1.0}})
     for i, name in enumerate(UDA):
-        hub.save(build_model("classifier", ClassifierConfig(width=4)), ckpts / name,
+        checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), ckpts / name,
                  {"metrics": {"target_accuracy": 0.3 + 0.1 * i}})
     if HAS_VAE:
-        hub.save(tiny_vae(), ckpts / "vae_faces")
+        checkpoint.save(tiny_vae(), ckpts / "vae_faces")
     figures = root / "figures"
     figures.mkdir()
     Image.new("RGB", (60, 40), "navy").save(figures / "tsne_mnistm_to_svhn.png")

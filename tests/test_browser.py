@@ -44,7 +44,7 @@ def checkpoint_folder(tmp_path: Path) -> Path:
     shipped = ROOT / "checkpoints"
     if os.environ.get("DLCV_SCREENSHOTS"):
         return shipped
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.models import build_model
     from dlcv.models.gan import GeneratorConfig
 
@@ -54,7 +54,7 @@ def checkpoint_folder(tmp_path: Path) -> Path:
         (folder / existing.name).symlink_to(existing)
     for name, classes in (("dcgan_faces", 0), ("sngan_faces", 0), ("acgan_faces", 2)):
         if not (folder / name).exists():
-            hub.save(build_model("generator", GeneratorConfig(z_dim=8, width=4, num_classes=classes)), folder / name)
+            checkpoint.save(build_model("generator", GeneratorConfig(z_dim=8, width=4, num_classes=classes)), folder / name)
     return folder
 
 

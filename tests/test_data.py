@@ -694,11 +694,11 @@ def test_cli_data_prepare_error_is_one_line(extra, fragment, shared, tmp_path, c
 
 
 @pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    from dlcv import hub
+def classifier_ckpt(tmp_path: Path) -> Path:
+    from dlcv import checkpoint
     from dlcv.models.classifier import Classifier, ClassifierConfig
 
-    return hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "classifier")
+    return checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "classifier")
 
 
 def _image_folder(folder: Path, names: list[str]) -> None:
@@ -707,8 +707,8 @@ def _image_folder(folder: Path, names: list[str]) -> None:
         save_png(folder / name, rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
 
 
-def test_cli_predict_writes_sorted_names_and_integer_labels(checkpoint, tmp_path, capsys):
-    from dlcv import hub
+def test_cli_predict_writes_sorted_names_and_integer_labels(classifier_ckpt, tmp_path, capsys):
+    from dlcv import checkpoint
     from dlcv.cli import main
     from dlcv.metrics import predict_logits
 
@@ -716,13 +716,13 @@ def test_cli_predict_writes_sorted_names_and_integer_labels(checkpoint, tmp_path
     names = ["7_003.png", "0_001.png", "b.png", "3_010.png", "a.png"]
     _image_folder(folder, names)
     save_png(folder / "a.png", np.full((28, 28), 128, np.uint8))  # one grey image: read as 3 equal channels
-    assert main(["predict", str(checkpoint), "--images", str(folder), "--out", str(out)]) == 0
+    assert main(["predict", str(classifier_ckpt), "--images", str(folder), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "image_name,label"
     rows = [line.split(",") for line in lines[1:]]
     assert [r[0] for r in rows] == sorted(names)
     assert all(re.fullmatch(r"[0-9]", r[1]) for r in rows)
-    model, _ = hub.load(checkpoint)
+    model, _ = checkpoint.load(classifier_ckpt)
     images, _ = read_image_folder(folder)
     assert [int(r[1]) for r in rows] == predict_logits(model, images).argmax(1).tolist()
     assert "wrote 5 predictions" in capsys.readouterr().out
@@ -733,7 +733,7 @@ def test_cli_predict_writes_sorted_names_and_integer_labels(checkpoint, tmp_path
     ("notes", "notes.txt"),
     ("size", "02.png is 32x32"),
 ])
-def test_cli_predict_bad_folder_fails_without_writing(bad, fragment, checkpoint, tmp_path, capsys):
+def test_cli_predict_bad_folder_fails_without_writing(bad, fragment, classifier_ckpt, tmp_path, capsys):
     from dlcv.cli import main
 
     folder, out = tmp_path / "images", tmp_path / "pred.csv"
@@ -745,12 +745,12 @@ def test_cli_predict_bad_folder_fails_without_writing(bad, fragment, checkpoint,
     else:
         save_png(folder / "02.png", np.zeros((32, 32, 3), np.uint8))
     before = snapshot(tmp_path)
-    assert main(["predict", str(checkpoint), "--images", str(folder), "--out", str(out)]) == 2
+    assert main(["predict", str(classifier_ckpt), "--images", str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
     assert not out.exists() and snapshot(tmp_path) == before
     if bad == "size":  # --resize accepts it
-        assert main(["predict", str(checkpoint), "--images", str(folder), "--out", str(out), "--resize"]) == 0
+        assert main(["predict", str(classifier_ckpt), "--images", str(folder), "--out", str(out), "--resize"]) == 0
         assert len(out.read_text().splitlines()) == 6
 
 

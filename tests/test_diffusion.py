@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 from dlcv.cli import main
 from dlcv.config import apply_overrides
 from dlcv.diffusion import (NoiseSchedule, ScheduleConfig, ddim_step, ddim_timesteps, ddpm_step, guided_eps,
@@ -126,7 +126,7 @@ def tiny_ddpm_cfg(tiny_digits, tmp_path):
 
 def test_train_diffusion_writes_ema_checkpoint_with_schedule(tiny_ddpm_cfg, tmp_path):
     out = train(tiny_ddpm_cfg, out=tmp_path / "ckpt")
-    model, meta = hub.load(out)
+    model, meta = checkpoint.load(out)
     assert meta["schedule"]["num_timesteps"] == 30 and meta["sampling"]["sampler"] == "ddim"
     assert (tmp_path / "runs" / "ddpm_digits" / "samples" / "step_000002.png").is_file()
     eps = model(torch.randn(2, 3, 28, 28), torch.tensor([0, 29]), torch.tensor([3, 10]))

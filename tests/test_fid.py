@@ -126,7 +126,7 @@ def test_folder_checks_name_the_bad_file(tmp_path: Path):
 def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
     """benchmarks/faces_quality.py's check of a conditional generator: label = file-name prefix, agreement per label."""
     from conftest import load_script
-    from dlcv import hub
+    from dlcv import checkpoint
     from dlcv.models.classifier import Classifier, ClassifierConfig
 
     faces_quality = load_script("benchmarks/faces_quality.py")
@@ -134,7 +134,7 @@ def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
     with torch.no_grad():  # always says label 1
         classifier.head[1].weight.zero_()
         classifier.head[1].bias.copy_(torch.tensor([0.0, 5.0]))
-    hub.save(classifier, tmp_path / "clf")
+    checkpoint.save(classifier, tmp_path / "clf")
     folder = tmp_path / "samples"
     folder.mkdir()
     for name in ["0_001.png", "0_002.png", "1_001.png", "1_002.png"]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import apply_overrides, from_dict
 from dlcv.losses import (auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, mode_seeking_loss,
                          wasserstein_losses)
@@ -205,7 +205,7 @@ def tiny_gan(preset: str, root: Path, tmp_path: Path, *extra: str):
 def test_two_steps_write_a_loadable_generator(preset, request, tmp_path):
     root = request.getfixturevalue("tiny_digits" if preset.endswith("digits") else "tiny_faces")
     cfg = tiny_gan(preset, root, tmp_path)
-    generator, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    generator, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     assert isinstance(generator, Generator) and meta["run"]["method"] == cfg.method
     k = generator.config.num_classes
     images = sample_gan(generator, 2, labels=torch.tensor([0, 1]) if k else None)
@@ -221,7 +221,7 @@ def test_two_steps_write_a_loadable_generator(preset, request, tmp_path):
 
 def test_ema_generator_is_shipped(tiny_faces, tmp_path):
     cfg = tiny_gan("sngan_faces", tiny_faces, tmp_path, "--train.ema_decay=0.5")
-    generator, _ = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    generator, _ = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     state = torch.load(run_dir(cfg) / "state.pt", weights_only=True)["modules"]
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     shipped = generator.state_dict()
@@ -253,7 +253,7 @@ def test_resume_continues_at_step_three(tiny_digits, tmp_path):
 def test_same_seed_same_generator(tiny_digits, tmp_path):
     a = train(tiny_gan("acgan_digits", tiny_digits, tmp_path, "--name=a"), out=tmp_path / "a")
     b = train(tiny_gan("acgan_digits", tiny_digits, tmp_path, "--name=b"), out=tmp_path / "b")
-    assert hub.weights_sha256(a) == hub.weights_sha256(b)
+    assert checkpoint.weights_sha256(a) == checkpoint.weights_sha256(b)
 
 
 def test_acgan_faces_needs_the_attribute(tiny_faces, tmp_path):
@@ -264,7 +264,7 @@ def test_acgan_faces_needs_the_attribute(tiny_faces, tmp_path):
 
 def test_acgan_real_only_class_loss_and_free_class_head_train(tiny_digits, tmp_path):
     cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.aux_fake=false", "--method.class_head_sn=false")
-    generator, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    generator, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     assert meta["run"]["method"]["aux_fake"] is False and meta["run"]["method"]["class_head_sn"] is False
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
 
@@ -276,7 +276,7 @@ def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
     for name, kind in (("teacher", "convnet"), ("lenet", "lenet")):  # two teachers: their mean cross-entropy
         teacher = build_model("classifier", ClassifierConfig(kind=kind, in_channels=3, image_size=28,
                                                              num_classes=10, width=4))
-        hub.save(teacher, tmp_path / name, {})
+        checkpoint.save(teacher, tmp_path / name, {})
         before[name] = {k: v.clone() for k, v in teacher.state_dict().items()}
     cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path,
                    f"--method.teacher={tmp_path / 'teacher'},{tmp_path / 'lenet'}",
@@ -285,10 +285,10 @@ def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= line["teacher_acc"] <= 1 for line in lines)
     for name, state in before.items():
-        reloaded, _ = hub.load(tmp_path / name)
+        reloaded, _ = checkpoint.load(tmp_path / name)
         assert all(torch.equal(state[k], v) for k, v in reloaded.state_dict().items())  # frozen: file untouched
     wrong = build_model("classifier", ClassifierConfig(in_channels=3, image_size=28, num_classes=3, width=4))
-    hub.save(wrong, tmp_path / "wrong", {})
+    checkpoint.save(wrong, tmp_path / "wrong", {})
     with pytest.raises(ValueError, match="method.teacher_augment entry"):
         train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'teacher'}",
                        "--method.teacher_augment=rotate", "--name=bad_augment"), out=tmp_path / "b")
@@ -304,7 +304,7 @@ def test_cbn_acgan_starts_from_an_unconditional_generator(tmp_path):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.5, 0.5)
                 module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
-    hub.save(source, tmp_path / "source", {})
+    checkpoint.save(source, tmp_path / "source", {})
     target = Generator(GeneratorConfig(image_size=28, width=4, num_classes=3, conditioning="cbn"))
     load_generator_init(target, str(tmp_path / "source"))
     source.eval(), target.eval()
@@ -325,14 +325,14 @@ def test_gan_init_generator_and_d_warmup(tiny_faces, tmp_path):
     generator = build_model(cfg.architecture, cfg.model)
     load_generator_init(generator, str(source))
     train(apply_overrides(cfg, ["--train.steps=2"]), out=tmp_path / "warm")
-    warm, _ = hub.load(tmp_path / "warm")  # two D-only steps: G's EMA (shipped) is still the copy of the source
+    warm, _ = checkpoint.load(tmp_path / "warm")  # two D-only steps: G's EMA (shipped) is still the copy of the source
     assert all(torch.equal(v, warm.state_dict()[k]) for k, v in generator.state_dict().items()
                if k.endswith("weight"))
     shutil.rmtree(source)  # a resumed run does not read init_generator again
     train(cfg, out=tmp_path / "ckpt")  # resumed for a third step, which updates G
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert ["g_loss" in line for line in lines] == [False, False, True]
-    trained, _ = hub.load(tmp_path / "ckpt")
+    trained, _ = checkpoint.load(tmp_path / "ckpt")
     assert not torch.equal(trained.net[0].weight, generator.net[0].weight)
     with pytest.raises(ValueError, match="d_warmup"):
         GANMethod(d_warmup=-1)
@@ -343,7 +343,7 @@ def test_a_gan_branch_may_change_the_losses_not_the_networks(tiny_faces, tmp_pat
     train(cfg, out=tmp_path / "source")
     branch = apply_overrides(cfg, ["--name=branch", f"--train.branch_from={run_dir(cfg)}", "--train.steps=3",
                                    "--method.aux_weight=3.0"])
-    generator, meta = hub.load(train(branch, out=tmp_path / "branch"))
+    generator, meta = checkpoint.load(train(branch, out=tmp_path / "branch"))
     assert meta["run"]["method"]["aux_weight"] == 3.0
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([0, 1]))).all()
     other_d = apply_overrides(branch, ["--name=other", "--method.d_norm=none"])  # D without its batch norms
@@ -361,7 +361,7 @@ def test_linear_lr_decay_schedule_and_option():
 
 def test_gan_with_lr_decay_trains(tiny_digits, tmp_path):
     cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.lr_decay_from=0.0")
-    generator, _ = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    generator, _ = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     state = torch.load(run_dir(cfg) / "state.pt", map_location="cpu", weights_only=True)
     # the last step ran at lr * 1/steps: the saved optimizers hold a decayed rate, below the configured one
     assert state["modules"]["g_opt"]["param_groups"][0]["lr"] < cfg.train.lr
@@ -379,7 +379,7 @@ def test_mode_seeking_loss_punishes_collapse():
 
 def test_acgan_with_mode_seeking_trains(tiny_digits, tmp_path):
     cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.mode_seeking=1.0", "--train.log_every=1")
-    generator, _ = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    generator, _ = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["mode_seeking"]) and line["mode_seeking"] > 0 for line in lines)
     assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()

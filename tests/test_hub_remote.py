@@ -10,7 +10,7 @@ import torch
 import yaml
 from huggingface_hub import constants
 
-from dlcv import hub
+from dlcv import checkpoint, hub
 from dlcv.cli import main
 from dlcv.config import apply_overrides, to_dict
 from dlcv.models.classifier import Classifier, ClassifierConfig
@@ -62,7 +62,7 @@ def test_model_card_states_data_metrics_and_a_command_that_rebuilds_the_run(tmp_
     run = apply_overrides(get_preset("classifier_digits"), ["--name=digits_small", "--model.width=4",
                                                             "--train.steps=7", "--data.domain=usps"])
     metrics = {"val_accuracy": 0.5, "test_accuracy": 0.25}
-    folder = hub.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt",
+    folder = checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt",
                       {"run": to_dict(run), "metrics": metrics})
     card = hub.model_card(folder, "org/digits_small")
     assert front_matter(card)["datasets"] == ["usps"]
@@ -82,8 +82,8 @@ def test_pull_fresh_cache_then_offline_from_cache(hub_server, tmp_ckpt, tiny_ima
     cache = tmp_path / "fresh_cache"
     folder = hub.pull("org/tiny", cache_dir=cache, endpoint=hub_server.url)
     assert folder.is_relative_to(cache) and sorted(p.name for p in folder.iterdir()) == sorted(hub.HUB_FILES)
-    pulled, meta = hub.load(folder)
-    local, _ = hub.load(tmp_ckpt)
+    pulled, meta = checkpoint.load(folder)
+    local, _ = checkpoint.load(tmp_ckpt)
     assert pulled.state_dict().keys() == local.state_dict().keys() and meta["metrics"] == {"x": 1}
     x = to_model_range(tiny_images)
     assert torch.equal(pulled(x), local(x))
@@ -91,7 +91,7 @@ def test_pull_fresh_cache_then_offline_from_cache(hub_server, tmp_ckpt, tiny_ima
     seen = len(hub_server.requests)
     go_offline(monkeypatch)
     assert hub.pull("org/tiny", cache_dir=cache, endpoint=hub_server.url) == folder
-    assert torch.equal(hub.load(folder)[0](x), local(x))
+    assert torch.equal(checkpoint.load(folder)[0](x), local(x))
     assert len(hub_server.requests) == seen  # served from the cache: nothing reached the server
 
 

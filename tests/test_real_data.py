@@ -5,7 +5,7 @@ import pytest
 from conftest import SHARED_DATA
 from dlcv.cli import main
 from dlcv.data.digits import read_digits
-from dlcv.hub import load_course_classifier
+from dlcv.checkpoint import load_course_classifier
 from dlcv.metrics import accuracy, predict_logits
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "digits" / "mnistm.npz").is_file(),

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlcv import hub, service
+from dlcv import checkpoint, service
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SHIPPED = sorted(p.name for p in CHECKPOINTS.glob("*") if (p / "config.json").is_file())
@@ -18,7 +18,7 @@ def test_something_ships():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_loads_and_runs(name):
     folder = CHECKPOINTS / name
-    model, document = hub.load(folder)
+    model, document = checkpoint.load(folder)
     assert (folder / "model.safetensors").stat().st_size < 50 * 2**20
     assert "run" in document and "seed" in document["run"]["train"]
     if document["architecture"] == "classifier":

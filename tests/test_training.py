@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import apply_overrides
 from dlcv.fileio import atomic_dir
 from dlcv.training import train
@@ -15,7 +15,7 @@ from dlcv.training.common import STATE_NAME, run_dir
 
 def test_two_steps_write_a_loadable_checkpoint(tiny_run_cfg, tmp_path):
     out = train(tiny_run_cfg, out=tmp_path / "ckpt")
-    model, meta = hub.load(out)
+    model, meta = checkpoint.load(out)
     assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
     assert set(meta["metrics"]) >= {"val_accuracy", "test_accuracy", "best_step"}
     assert meta["run"]["train"]["steps"] == 2 and meta["run"]["train"]["seed"] == 0
@@ -96,23 +96,23 @@ def test_resume_names_a_corrupt_state_and_the_fix(content, tiny_run_cfg, tmp_pat
 def test_same_seed_same_weights(tiny_run_cfg, tmp_path):
     a = train(apply_overrides(tiny_run_cfg, ["--name=a"]), out=tmp_path / "a")
     b = train(apply_overrides(tiny_run_cfg, ["--name=b"]), out=tmp_path / "b")
-    assert hub.weights_sha256(a) == hub.weights_sha256(b)
+    assert checkpoint.weights_sha256(a) == checkpoint.weights_sha256(b)
 
 
 def test_grey_domain_trains_as_three_channels(tiny_run_cfg, tmp_path):
     usps = apply_overrides(tiny_run_cfg, ["--data.domain=usps", "--name=usps"])
-    model, _ = hub.load(train(usps, out=tmp_path / "u"))
+    model, _ = checkpoint.load(train(usps, out=tmp_path / "u"))
     assert model.config.in_channels == 3
 
 
 def test_interrupted_folder_write_keeps_the_old_checkpoint(tmp_ckpt):
-    before = hub.weights_sha256(tmp_ckpt)
+    before = checkpoint.weights_sha256(tmp_ckpt)
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(tmp_ckpt) as tmp:
             (tmp / "model.safetensors").write_bytes(b"half")
             raise KeyboardInterrupt  # the process is stopped mid-write
-    assert hub.weights_sha256(tmp_ckpt) == before
-    hub.load(tmp_ckpt)
+    assert checkpoint.weights_sha256(tmp_ckpt) == before
+    checkpoint.load(tmp_ckpt)
 
 
 def test_ema_warm_up_forgets_the_initial_weights():

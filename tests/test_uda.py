@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.cli import main
 from dlcv.config import apply_overrides
 from dlcv.models.blocks import GradientReversal, grad_reverse
@@ -54,7 +54,7 @@ def test_each_method_trains_two_steps_and_round_trips(method, tiny_digits, tmp_p
     if method == "refine":  # refines a trained run of the same pair and network
         init = [f"--method.init={train(uda_cfg('dann', tiny_digits, tmp_path), out=tmp_path / 'dann')}"]
     out = train(uda_cfg(method, tiny_digits, tmp_path, *init), out=tmp_path / "ckpt")
-    model, meta = hub.load(out)
+    model, meta = checkpoint.load(out)
     metrics = meta["metrics"]
     assert metrics["selected_by"] == ("last" if method == "refine" else "labelled_val") and metrics["steps"] == 2
     for key in ("target_test_acc", "oracle_target_test_acc", "oracle_target_val_acc", "labelled_val_acc"):
@@ -63,7 +63,7 @@ def test_each_method_trains_two_steps_and_round_trips(method, tiny_digits, tmp_p
     logits = model(x)
     assert logits.shape == (3, 10) and torch.isfinite(logits).all()
     assert model.features(x).shape == (3, model.feature_dim)
-    again, _ = hub.load(out)
+    again, _ = checkpoint.load(out)
     assert torch.equal(again(x), logits)  # save -> load gives identical outputs
     lines = (tmp_path / "runs" / f"uda_{method}_test" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
@@ -72,7 +72,7 @@ def test_each_method_trains_two_steps_and_round_trips(method, tiny_digits, tmp_p
 @pytest.mark.parametrize("method", ["dann", "vada"])
 def test_ganin_arch_trains_and_round_trips(method, tiny_digits, tmp_path):
     out = train(uda_cfg(method, tiny_digits, tmp_path, "--model.arch=ganin", "--model.width=32"), out=tmp_path / "ckpt")
-    model, _ = hub.load(out)
+    model, _ = checkpoint.load(out)
     assert model.config.arch == "ganin" and model.feature_dim == 48 * 4 * 4  # the paper's 32, 48 channels
     x = torch.rand(3, 3, 28, 28) * 2 - 1
     assert model(x).shape == (3, 10) and model.features(x).shape == (3, 768)
@@ -89,20 +89,20 @@ def test_a_config_without_arch_loads_as_dirtt(uda_checkpoint, tmp_path):
     config = json.loads((copy / "config.json").read_text())
     config["config"].pop("arch", None)
     (copy / "config.json").write_text(json.dumps(config))
-    model, _ = hub.load(copy)
+    model, _ = checkpoint.load(copy)
     assert model.config.arch == "dirtt"
 
 
 def test_export_final_ships_the_last_weights_measured_afresh(tiny_digits, tmp_path):
     cfg = uda_cfg("dann", tiny_digits, tmp_path)
-    trained = hub.read_config(train(cfg, out=tmp_path / "ckpt"))["metrics"]
+    trained = checkpoint.read_config(train(cfg, out=tmp_path / "ckpt"))["metrics"]
     out = export_final(cfg, tmp_path / "final")
-    meta = hub.read_config(out)
+    meta = checkpoint.read_config(out)
     assert meta["run"]["method"]["select"] == "last" and meta["metrics"]["selected_by"] == "last"
     assert meta["metrics"]["selected_step"] == 2
     assert meta["metrics"]["target_test_acc"] == trained["last_step_target_test_acc"]
     assert meta["metrics"]["oracle_target_test_acc"] == trained["oracle_target_test_acc"]
-    hub.load(out)
+    checkpoint.load(out)
     longer = apply_overrides(cfg, ["--train.steps=4"])  # a run cut short: its final weights are not final yet
     with pytest.raises(RuntimeError, match="stopped at step 2 of 4"):
         export_final(longer, tmp_path / "nope")
@@ -110,13 +110,13 @@ def test_export_final_ships_the_last_weights_measured_afresh(tiny_digits, tmp_pa
 
 def test_refine_starts_from_its_checkpoint_and_refuses_a_foreign_one(tiny_digits, tmp_path):
     dann = train(uda_cfg("dann", tiny_digits, tmp_path), out=tmp_path / "dann")
-    trained, _ = hub.load(dann)
+    trained, _ = checkpoint.load(dann)
     cfg = uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}")
     method = _setup(cfg)[3]
     for net in (method.model, method.average.module):  # student and mean teacher both start from the DANN weights
         state = net.state_dict()
         assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
-    hub.load(train(cfg, out=tmp_path / "ckpt"))
+    checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     first = json.loads((tmp_path / "runs" / "uda_refine_test" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["teacher_loss"] >= 0 and "vat_tgt" not in first and "ent_loss" in first
     with pytest.raises(ValueError, match="--method.init"):
@@ -139,7 +139,7 @@ def test_refine_peer_vetoes_the_teachers_labels(tiny_digits, tmp_path):
     assert method.pseudo_label_mask(x, peer_labels).tolist() == [1.0] * 6
     assert method.pseudo_label_mask(x, (peer_labels + 1) % 10).tolist() == [0.0] * 6
     assert "peer" not in "".join(method.state_modules())  # frozen and reloaded from its path, not resumed
-    hub.load(train(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}", f"--method.peer={peer}"),
+    checkpoint.load(train(uda_cfg("refine", tiny_digits, tmp_path, f"--method.init={dann}", f"--method.peer={peer}"),
                    out=tmp_path / "ckpt"))
     other = train(uda_cfg("dann", tiny_digits, tmp_path, "--data.domain=usps", "--data.target_domain=mnistm",
                           "--model.input_norm=instance", "--name=other"), out=tmp_path / "other")
@@ -150,7 +150,7 @@ def test_refine_peer_vetoes_the_teachers_labels(tiny_digits, tmp_path):
 def test_vada_parts_switch_off(tiny_digits, tmp_path):
     cfg = uda_cfg("vada", tiny_digits, tmp_path, "--method.teacher=false", "--method.vat_src_weight=0",
                   "--method.vat_tgt_weight=0", "--method.augment=false")
-    hub.load(train(cfg, out=tmp_path / "ckpt"))
+    checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     line = json.loads((tmp_path / "runs" / "uda_vada_test" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "vat_src" not in line and "teacher_loss" not in line and "d_loss" in line
     with pytest.raises(KeyError, match="unknown method option"):
@@ -166,7 +166,7 @@ def test_vada_parts_switch_off(tiny_digits, tmp_path):
 def test_auto_input_norm_follows_the_labelled_domain(method, source, target, expected, tiny_digits, tmp_path):
     cfg = uda_cfg(method, tiny_digits, tmp_path, f"--data.domain={source}", f"--data.target_domain={target}")
     assert cfg.model.input_norm == "auto"
-    _, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    _, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     assert meta["config"]["input_norm"] == meta["run"]["model"]["input_norm"] == expected
     with pytest.raises(ValueError, match="resolved by the UDA training loop"):
         UDANet(cfg.model)
@@ -182,7 +182,7 @@ def test_dann_ema_ships_the_weight_average(tiny_digits, tmp_path):
     assert method.eval_model is method.average.module and not method.eval_model.training
     student, average = method.model.state_dict(), method.eval_model.state_dict()
     assert not torch.equal(student["head.weight"], average["head.weight"])  # an average, not the student
-    _, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    _, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     assert meta["run"]["method"]["ema_decay"] == 0.5
 
 
@@ -206,14 +206,14 @@ def test_interrupted_run_resumes_to_the_same_weights(method, tiny_digits, tmp_pa
         with pytest.raises(KeyboardInterrupt):
             train(cfg, out=tmp_path / "cut")
     resumed = train(cfg, out=tmp_path / "cut")
-    assert hub.weights_sha256(resumed) == hub.weights_sha256(whole)
+    assert checkpoint.weights_sha256(resumed) == checkpoint.weights_sha256(whole)
     drop = ("steps_per_s", "train_seconds")
-    metrics = [{k: v for k, v in hub.load(path)[1]["metrics"].items() if k not in drop} for path in (whole, resumed)]
+    metrics = [{k: v for k, v in checkpoint.load(path)[1]["metrics"].items() if k not in drop} for path in (whole, resumed)]
     assert metrics[0] == metrics[1]
     lines = (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines]
     assert steps == [1, 2, 3, 4, 5]  # step 3's line, written before the kill, was dropped on resume and written again
-    assert hub.weights_sha256(train(cfg, out=tmp_path / "again")) == hub.weights_sha256(whole)  # finished: no retrain
+    assert checkpoint.weights_sha256(train(cfg, out=tmp_path / "again")) == checkpoint.weights_sha256(whole)  # finished: no retrain
 
 
 def test_uda_needs_a_distinct_target(tiny_digits, tmp_path):
@@ -332,15 +332,15 @@ def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
     ckpt = train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args)))
     (tmp_path / "table" / "results").mkdir(parents=True)
     (tmp_path / "table" / "results" / f"{dann['name']}.json").write_text(
-        json.dumps({**dann, "returncode": 0, "metrics": hub.read_config(ckpt)["metrics"], "checkpoint": str(ckpt)}))
+        json.dumps({**dann, "returncode": 0, "metrics": checkpoint.read_config(ckpt)["metrics"], "checkpoint": str(ckpt)}))
     # --final --report exports them, from the config each run recorded: no need to repeat --steps and --set
     table.report(argparse.Namespace(**{**vars(args), "steps": {}, "set": []}, pairs="", methods="dann"))
     exported = str(tmp_path / "table" / "final" / dann["name"])
-    assert hub.read_config(exported)["run"]["method"]["select"] == "last"
+    assert checkpoint.read_config(exported)["run"]["method"]["select"] == "last"
     assert table.final_checkpoint(dann, args)["checkpoint"] == exported
     overrides = table.train_overrides(refine, args)
     assert f"--method.init={exported}" in overrides and exported.endswith("final/dann_mnistm_to_usps_s1")
-    meta = hub.read_config(train(apply_overrides(get_preset(refine["preset"]), overrides)))
+    meta = checkpoint.read_config(train(apply_overrides(get_preset(refine["preset"]), overrides)))
     assert meta["run"]["method"]["init"] == exported and meta["metrics"]["method"] == "refine"
 
 
@@ -383,7 +383,7 @@ def test_uda_speed_benchmark_runs_end_to_end(tmp_path, monkeypatch, capsys):
 def test_predict_refuses_a_checkpoint_that_does_not_classify(tmp_path, capsys):
     from dlcv.models.gan import Generator, GeneratorConfig
 
-    ckpt = hub.save(Generator(GeneratorConfig(z_dim=4, image_size=28, channels=3, width=4)), tmp_path / "gan")
+    ckpt = checkpoint.save(Generator(GeneratorConfig(z_dim=4, image_size=28, channels=3, width=4)), tmp_path / "gan")
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(folder / "ok.png")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.cli import main
 from dlcv.config import apply_overrides
 from dlcv.losses import vae_loss
@@ -51,13 +51,13 @@ def test_vae_loss_terms():
 
 def test_two_vae_steps_ship_a_loadable_model_with_val_mse(tiny_faces, tmp_path):
     cfg = tiny_vae_cfg(tiny_faces, tmp_path)
-    vae, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    vae, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     assert isinstance(vae, VAE) and meta["trained_steps"] == 2
     assert 0 < meta["metrics"]["val_mse"] < 1
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(line["loss"])) for line in lines) and "val_mse" in lines[-1]
     # save -> load gives identical outputs; the same seed gives the same images
-    again, _ = hub.load(tmp_path / "ckpt")
+    again, _ = checkpoint.load(tmp_path / "ckpt")
     a, b = sample_vae(vae, 3, seed=5), sample_vae(again, 3, seed=5)
     assert torch.equal(a, b) and not torch.equal(a, sample_vae(vae, 3, seed=6))
     # image i comes from seed + i (other batch sizes may pick other conv kernels: equal up to float rounding)
@@ -92,7 +92,7 @@ def test_sample_cli_writes_vae_faces(tiny_faces, tmp_path):
 def test_figures_for_vae_and_smiling_acgan(tiny_faces, tmp_path):
     cfg = tiny_vae_cfg(tiny_faces, tmp_path)
     vae = train(cfg, out=tmp_path / "vae")
-    acgan = hub.save(Generator(GeneratorConfig(width=4, num_classes=2)), tmp_path / "acgan")
+    acgan = checkpoint.save(Generator(GeneratorConfig(width=4, num_classes=2)), tmp_path / "acgan")
     out = tmp_path / "figs"
     assert main(["figures", str(vae), "--out", str(out), "--data", str(tiny_faces),
                  "--metrics", str(run_dir(cfg) / "metrics.jsonl")]) == 0
@@ -106,11 +106,11 @@ def test_figures_for_vae_and_smiling_acgan(tiny_faces, tmp_path):
 def test_max_minutes_stops_early_and_still_ships(tiny_faces, tmp_path):
     cfg = tiny_vae_cfg(tiny_faces, tmp_path, "--train.steps=1000", "--train.max_minutes=0.0001",
                        "--train.snapshot_every=1")
-    _, meta = hub.load(train(cfg, out=tmp_path / "ckpt"))
+    _, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
     assert meta["trained_steps"] < 1000
     snapshots = sorted(p.name for p in (run_dir(cfg) / "snapshots").iterdir())
     assert snapshots[0] == "step_000001"
-    hub.load(run_dir(cfg) / "snapshots" / snapshots[0])
+    checkpoint.load(run_dir(cfg) / "snapshots" / snapshots[0])
 
 
 def test_ema_warm_up_state_dict_and_integer_buffers():

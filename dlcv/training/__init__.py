@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import RunConfig
 from dlcv.training.classifier import train_classifier
 from dlcv.training.common import run_dir
@@ -32,5 +32,5 @@ def train(cfg: RunConfig, out: str | Path | None = None) -> Path:
         if here == folder or here in folder.parents:
             raise ValueError(f"--out {out} would replace the run folder {run_dir(cfg)} (its state.pt and metrics); "
                              f"give a folder outside it, e.g. checkpoints/{cfg.name}, or leave --out out")
-        hub.check_replaceable(out)
+        checkpoint.check_replaceable(out)
     return TRAINERS[cfg.family](cfg, out=out)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import RunConfig, to_dict
 from dlcv.data.loaders import infinite, load_split, make_loader, to_model_range
 from dlcv.metrics import accuracy, predict_logits
@@ -49,7 +49,7 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     best_dir = run_dir(cfg) / "best"
     start, extra = load_state(cfg, {"model": model, "opt": opt, "sched": sched})
     # the best weights live in this run's folder: a branch of another run (or a deleted best/) selects afresh
-    best = extra.get("best_val", -1.0) if (best_dir / hub.CONFIG_NAME).is_file() else -1.0
+    best = extra.get("best_val", -1.0) if (best_dir / checkpoint.CONFIG_NAME).is_file() else -1.0
     # a resumed run reshuffles from a new seed rather than replaying the first batches again
     batches = infinite(make_loader(x_train, y_train, batch_size=cfg.train.batch_size, seed=cfg.train.seed + start))
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
@@ -75,14 +75,14 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
             extra_log["val_acc"] = round(val_acc, 5)
             if val_acc > best:
                 best = val_acc
-                hub.save(model, best_dir, {"run": to_dict(cfg), "step": step + 1})
+                checkpoint.save(model, best_dir, {"run": to_dict(cfg), "step": step + 1})
         if every(step, cfg.train.log_every) or last or extra_log:
             metrics.flush(step + 1, extra_log)
         if every(step, cfg.train.save_every) or last:
             save_state(cfg, step + 1, {"model": model, "opt": opt, "sched": sched}, {"best_val": best})
-    if not (best_dir / hub.CONFIG_NAME).is_file():
+    if not (best_dir / checkpoint.CONFIG_NAME).is_file():
         raise RuntimeError(f"{cfg.name}: no evaluation ran, so there is no best model; use --train.steps >= 1")
-    model, document = hub.load(best_dir, device=device)
+    model, document = checkpoint.load(best_dir, device=device)
     result = {"val_accuracy": accuracy(predict_logits(model, x_val, device=device).argmax(1), y_val),
               "best_step": document["step"]}
     try:
@@ -91,6 +91,6 @@ def train_classifier(cfg: RunConfig, out: str | Path | None = None) -> Path:
     except ValueError as err:  # course hw2_data has no test split
         log.info("no test split measured: %s", err)
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
-    hub.save(model, out, {"run": to_dict(cfg), "metrics": {k: round(v, 5) for k, v in result.items()}})
+    checkpoint.save(model, out, {"run": to_dict(cfg), "metrics": {k: round(v, 5) for k, v in result.items()}})
     log.info("%s: %s -> %s", cfg.name, result, out)
     return out

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import RunConfig, from_dict, to_dict
 from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range, to_model_range
 from dlcv.diffusion import NoiseSchedule, ScheduleConfig, q_sample
@@ -89,7 +89,7 @@ def train_diffusion(cfg: RunConfig, out: str | Path | None = None) -> Path:
         if every(step, cfg.train.save_every) or last:
             save_state(cfg, step + 1, {"model": model, "ema": ema, "opt": opt, "sched": sched})
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
-    hub.save(ema.module, out, {"schedule": to_dict(schedule.config), "run": to_dict(cfg),
+    checkpoint.save(ema.module, out, {"schedule": to_dict(schedule.config), "run": to_dict(cfg),
                                "sampling": {"sampler": "ddim", "steps": 50, "eta": 0.0,
                                             "guidance": float(cfg.method.get("guidance", 2.0))}})
     log.info("%s -> %s", cfg.name, out)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import RunConfig, check_choice, from_dict, to_dict
 from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range, to_model_range
 from dlcv.losses import (auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, mode_seeking_loss,
@@ -181,7 +181,7 @@ def load_teacher(path: str, num_classes: int, device: torch.device) -> torch.nn.
     """One frozen classifier of method.teacher, checked to predict the generator's classes."""
     if num_classes <= 0:
         raise ValueError("method.teacher needs a class-conditional GAN (model.num_classes > 0)")
-    teacher, _ = hub.load(shipped_folder(path))
+    teacher, _ = checkpoint.load(shipped_folder(path))
     if getattr(teacher.config, "num_classes", None) != num_classes:
         raise ValueError(f"method.teacher entry {path} predicts {getattr(teacher.config, 'num_classes', '?')} "
                          f"classes but the generator has {num_classes}; use a classifier of the same classes")
@@ -191,7 +191,7 @@ def load_teacher(path: str, num_classes: int, device: torch.device) -> torch.nn.
 def load_generator_init(generator: torch.nn.Module, path: str) -> None:
     """Copy a trained generator into `generator`: one of the same config, or an unconditional one into a cbn ACGAN
     (its batch norm's gain and shift become every class's, so G(z, y) = G_init(z) for every y at the start)."""
-    trained, _ = hub.load(shipped_folder(path))
+    trained, _ = checkpoint.load(shipped_folder(path))
     theirs, ours = to_dict(trained.config), to_dict(generator.config)
     option = f"--method.init_generator={path}"
     if theirs == ours:
@@ -361,14 +361,14 @@ def train_gan(cfg: RunConfig, out: str | Path | None = None) -> Path:
             save_samples(shipped, samples_dir / f"step_{step + 1:06d}.png", device)
             generator.train()  # sampling put it in eval mode
         if every(step, cfg.train.snapshot_every):
-            hub.save(shipped, snapshot_dir(cfg, step + 1), {"run": to_dict(cfg), "trained_steps": step + 1})
+            checkpoint.save(shipped, snapshot_dir(cfg, step + 1), {"run": to_dict(cfg), "trained_steps": step + 1})
         if every(step, cfg.train.save_every) or last:
             save_state(cfg, step + 1, modules)
         done = step + 1
         if last:
             break
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
-    hub.save(shipped, out, {"run": to_dict(cfg), "trained_steps": done})
+    checkpoint.save(shipped, out, {"run": to_dict(cfg), "trained_steps": done})
     log.info("%s -> %s", cfg.name, out)
     return out
 

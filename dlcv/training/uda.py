@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import RunConfig, TrainConfig, check_choice, to_dict
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_model_range
@@ -289,7 +289,7 @@ class Refine(VADA):
 
 def load_peer(path: str, model: UDANet) -> UDANet:
     """A trained checkpoint of the same pair (any network config), frozen in eval mode, for Refine's `peer`."""
-    peer, meta = hub.load(path, device=model.input_mean.device)
+    peer, meta = checkpoint.load(path, device=model.input_mean.device)
     check_same_pair(peer, meta, model, f"--method.peer={path}", "use a checkpoint of the same pair")
     return peer.eval().requires_grad_(False)
 
@@ -308,7 +308,7 @@ def load_init(model: UDANet, path: str) -> None:
     if not path:
         raise ValueError("method 'refine' starts from a trained checkpoint: set --method.init=<checkpoint folder>, "
                          "e.g. the DANN run's checkpoint for the same pair")
-    trained, meta = hub.load(path, device=model.input_mean.device)
+    trained, meta = checkpoint.load(path, device=model.input_mean.device)
     theirs, ours = to_dict(trained.config), to_dict(model.config)
     if theirs != ours:
         diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
@@ -516,6 +516,6 @@ def _finish(cfg: RunConfig, method: SourceOnly, src: DomainData, tgt: DomainData
     result["labelled_val_acc"] = evaluate(method, labelled, "val", method.labelled_domain, fmt)["acc"]
     result = {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
-    hub.save(final.to(memory_format=torch.contiguous_format), out, {"run": to_dict(cfg), "metrics": result})
+    checkpoint.save(final.to(memory_format=torch.contiguous_format), out, {"run": to_dict(cfg), "metrics": result})
     log.info("%s: %s -> %s", cfg.name, result, out)
     return out

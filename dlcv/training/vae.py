@@ -11,7 +11,7 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dlcv import hub
+from dlcv import checkpoint
 from dlcv.config import RunConfig, from_dict, to_dict
 from dlcv.data.images import DataError
 from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range, to_model_range
@@ -89,14 +89,14 @@ def train_vae(cfg: RunConfig, out: str | Path | None = None) -> Path:
             save_samples(model, x_train[:8], run_dir(cfg) / "samples" / f"step_{step + 1:06d}.png", device)
             model.train()
         if every(step, cfg.train.snapshot_every):
-            hub.save(model, snapshot_dir(cfg, step + 1), {"run": to_dict(cfg), "trained_steps": step + 1})
+            checkpoint.save(model, snapshot_dir(cfg, step + 1), {"run": to_dict(cfg), "trained_steps": step + 1})
         if every(step, cfg.train.save_every) or last:
             save_state(cfg, step + 1, {"model": model, "opt": opt})
         done = step + 1
         if last:
             break
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
-    hub.save(model, out, {"run": to_dict(cfg), "trained_steps": done, "metrics": scores})
+    checkpoint.save(model, out, {"run": to_dict(cfg), "trained_steps": done, "metrics": scores})
     log.info("%s -> %s", cfg.name, out)
     return out
 
