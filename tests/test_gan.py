@@ -397,64 +397,6 @@ def test_within_class_spread_sees_near_copies():
     assert within_class_spread(varied[:4], torch.tensor([0, 0, 0, 1])).keys() == {0}  # a lone image has no neighbour
 
 
-def test_device_faces_runs_are_valid_presets_and_overrides():
-    """scripts/device_faces.py's RUNS go to a lent GPU unattended: each must name a preset and overrides that apply."""
-    from conftest import load_script
-    from dlcv.config import apply_overrides
-    from dlcv.presets import get_preset
-
-    for name, (preset, overrides) in load_script("scripts/device_faces.py").RUNS.items():
-        cfg = apply_overrides(get_preset(preset), overrides)
-        assert cfg.family in ("gan", "vae"), name
-
-
-def test_device_tree_hides_big_tracked_paths_from_a_device_call_and_restores_them(tmp_path):
-    """scripts/device_tree.py: the shipped checkpoints make the checkout larger than a device call may send."""
-    import subprocess
-
-    from conftest import load_script
-
-    tree = load_script("scripts/device_tree.py")
-    repo = tmp_path / "repo"
-    for name, n in {"checkpoints/a/model.safetensors": 3000, "docs/f.png": 500, "dlcv/x.py": 40}.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_bytes(b"0" * n)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "."], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=repo, check=True)
-    exclude = repo / ".git" / "info" / "exclude"
-    original = exclude.read_text() if exclude.is_file() else None
-    own_hook = repo / ".git" / "hooks" / "pre-commit"  # a hook of the user's own, which must survive hide/restore
-    own_hook.parent.mkdir(parents=True, exist_ok=True)
-    own_hook.write_text("#!/bin/sh\nexit 0\n")
-    own_hook.chmod(0o755)
-    assert tree.size(repo) == 3540
-
-    tree.hide(repo)
-    assert tree.size(repo) == 40 and (repo / "checkpoints/a/model.safetensors").is_file()  # left behind, not lost
-    assert tree.size(repo, ["checkpoints/a"]) == 3040  # carried back in
-    with pytest.raises(SystemExit, match="already hidden"):
-        tree.hide(repo)
-    # a commit while hidden would delete the checkpoints from the project: refused, naming the fix
-    commit = subprocess.run([*git, "commit", "-q", "-m", "oops"], cwd=repo, capture_output=True, text=True)
-    assert commit.returncode != 0 and "device_tree.py restore" in commit.stderr
-    assert subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD"], cwd=repo, capture_output=True,
-                          text=True).stdout.split() == ["checkpoints/a/model.safetensors", "dlcv/x.py", "docs/f.png"]
-    assert tree.restore(repo) == ["checkpoints", "docs"]
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
-    assert status == "" and (exclude.read_text() if exclude.is_file() else None) == original
-    assert own_hook.read_text() == "#!/bin/sh\nexit 0\n"
-    assert tree.size(repo) == 3540 and tree.restore(repo) == []
-
-    (repo / "dlcv/x.py").write_text("y = 1\n")
-    subprocess.run(["git", "add", "dlcv/x.py"], cwd=repo, check=True)
-    with pytest.raises(SystemExit, match="staged changes"):  # restore could not put such an index back
-        tree.hide(repo)
-    with pytest.raises(SystemExit, match="does not exist"):
-        tree.size(repo, ["nothing_here"])
-
-
 def test_train_speed_counts_the_reference_step_arithmetic_by_hand():
     """benchmarks/train_speed.py's GFLOP per reference step, against the DCGAN layers' multiply-adds by hand."""
     from conftest import load_script
