@@ -57,7 +57,7 @@ class GeneratorConfig:
 class ConditionalBatchNorm2d(nn.Module):
     """Batch norm whose per-channel gain gamma_y and shift beta_y are looked up by class y (de Vries et al. 2017, the
     generator of Miyato & Koyama 2018 and BigGAN). The class only restyles channels that z has laid out, so one z with
-    Smiling off and on keeps much more of its face (pose, hair) than with z * e_y (RESULTS.md, "Smiling pairs")."""
+    Smiling off and on keeps much more of its face (pose, hair) than with z * e_y (docs/methods.md, "Conditioning")."""
 
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
