@@ -92,3 +92,77 @@ def test_feature_cache_is_keyed(tmp_path):
     assert _cached_features(path, "k1", 4) is None
     path.write_bytes(b"\x93NUMPY garbage")
     assert _cached_features(path, "k1", 3) is None
+
+
+# ---------------------------------------------------------------- 5: Gradio upload limits
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height (a decompression bomb as far as a decoder is concerned)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+@pytest.fixture
+def gradio_app(monkeypatch):
+    import sys
+
+    pytest.importorskip("gradio")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import gradio_app
+
+    return gradio_app
+
+
+def test_gradio_refuses_big_uploads_before_decoding(gradio_app, tmp_path, monkeypatch):
+    from dlcv import service
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(12000, 12000))
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    gallery, note = gradio_app.vae_reconstruct(str(bomb))
+    assert gallery == [] and "12000x12000 pixels" in note and not decoded
+    scores, note = gradio_app.adapt("mnistm -> usps", str(bomb), 7)
+    assert scores == {} and "12000x12000 pixels" in note and not decoded
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (service.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(service.UploadError, match="upload an image of at most 5 MB"):
+        service.open_upload_path(big)
+    assert gradio_app.LAUNCH_OPTIONS["max_file_size"] == service.MAX_UPLOAD_BYTES
+
+
+def test_gradio_server_refuses_oversized_files(gradio_app, tmp_path):
+    """launch(max_file_size=...) makes the server itself refuse a too-big upload (HTTP 413), before any handler."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from dlcv import service
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = gradio_app.build()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **gradio_app.LAUNCH_OPTIONS)
+    try:
+        boundary = "dlcvboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * (service.MAX_UPLOAD_BYTES + 1024) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/gradio_api/upload", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == 413
+    finally:
+        demo.close()
