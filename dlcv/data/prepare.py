@@ -110,7 +110,35 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
     for key in ("x_train", "y_train", "x_test", "y_test"):
         if key not in arrays:
             raise DataError(f"{path} lacks array {key!r}; expected x_train, y_train, x_test, y_test")
+    for split in ("train", "test"):
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = check_digits(path, split, arrays[f"x_{split}"],
+                                                                  arrays[f"y_{split}"])
     return arrays
+
+
+def check_digits(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, H, W, C) with C in 1/3 and integer pixels in 0..255 (returned as uint8), y (N,) integer digits 0..9:
+    anything else (float images would become black PNGs, label 12 a bad row) is a DataError naming the array."""
+    where = f"{path} x_{split}"
+    if x.ndim != 4 or x.shape[3] not in (1, 3):
+        raise DataError(f"{where} has shape {x.shape}; expected (N, H, W, C) with C = 1 or 3 (add a channel axis: "
+                        f"x[..., None] for grey)")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.integer) or (x.size and (x.min() < 0 or x.max() > 255)):
+            raise DataError(f"{where} is {x.dtype} (values {x.min() if x.size else '-'}..{x.max() if x.size else '-'})"
+                            f"; expected uint8 pixels 0..255 (e.g. (x * 255).round().astype(np.uint8))")
+        x = x.astype(np.uint8)
+    where = f"{path} y_{split}"
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{where} has shape {y.shape} but x_{split} holds {len(x)} images; give one label per image")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where} is {y.dtype}; labels must be integers 0..9")
+    bad = np.flatnonzero((y < 0) | (y > 9))
+    if len(bad):
+        raise DataError(f"{where}[{bad[0]}] is {y[bad[0]]}" + (f" ({len(bad)} labels in all)" if len(bad) > 1 else "")
+                        + "; digit labels must be 0..9")
+    return x, y
 
 
 def shared_sources(source: Path, synth_count: int = 0) -> dict[str, tuple[list[Path], Callable[[float, int], Prepared]]]:
@@ -406,6 +434,8 @@ def prepare(source: str, out: str | Path, only: list[str] | None = None, val_fra
     writing anything if a source file is missing/corrupt or an output folder holds a different dataset.
     """
     out = Path(out)
+    if not 0 < val_fraction < 1:  # also refuses NaN; 0 would leave val empty, >= 1 or < 0 would swap the splits
+        raise DataError(f"--val-fraction {val_fraction} must lie between 0 and 1 (exclusive), e.g. 0.1")
     if only:
         unknown = sorted(set(only) - set(DATASETS))
         if unknown:
