@@ -75,8 +75,11 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         document = json.loads(path.read_text())
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(document).__name__}, not the object a checkpoint writes; "
+                              f"re-download or re-save the checkpoint")
     if document.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {document.get('format')!r}; this dlcv reads format {FORMAT}")
     return document

@@ -37,6 +37,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_file_target(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse, before any work, a file destination that is a folder or lies under a file (one line naming the fix)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file path, e.g. {path / 'predictions.csv'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+            break
+    return path
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: our own messages as they are, the system's as '<path>: <reason>'."""
+    if err.errno is None or err.strerror is None:
+        return str(err)
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename or "")
+    return f"{where}: {err.strerror.lower()}; check the path and its permissions" if where else err.strerror
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """atomic_write_bytes for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

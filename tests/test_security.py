@@ -166,3 +166,105 @@ def test_gradio_server_refuses_oversized_files(gradio_app, tmp_path):
         assert err.value.code == 413
     finally:
         demo.close()
+
+
+# ---------------------------------------------------------------- 7: no tracebacks on user errors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clf(tmp_path) -> Path:
+    from dlcv import checkpoint
+    from dlcv.models import build_model
+    from dlcv.models.classifier import ClassifierConfig
+
+    return checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), tmp_path / "clf")
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
+    from dlcv.cli import main
+
+    code = main(args)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("width", [12000, 20000])  # Pillow warns above 89 M pixels and raises above 179 M
+def test_predict_refuses_a_png_over_the_pixel_limit(width, clf, tmp_path, capsys):
+    images = tmp_path / "usps"
+    images.mkdir()
+    Image.new("RGB", (28, 28)).save(images / "a.png")
+    (images / "b.png").write_bytes(png_claiming(width, width))
+    code, err = run_cli(["predict", str(clf), "--images", str(images), "--out", str(tmp_path / "p.csv"),
+                         "--resize"], capsys)
+    assert code == 2 and len(err) == 1 and "b.png" in err[0] and "Pillow's limit" in err[0]
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_hw2_3_refuses_a_png_over_the_pixel_limit(clf, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from grading.course import main
+
+    shutil.copytree(clf, tmp_path / "ckpts" / "uda_source_only_mnistm_to_usps")
+    monkeypatch.setenv("DLCV_CHECKPOINTS", str(tmp_path / "ckpts"))
+    images = tmp_path / "usps" / "data"
+    images.mkdir(parents=True)
+    (images / "b.png").write_bytes(png_claiming(20000, 20000))
+    assert main(["hw2_3", str(images), str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b.png" in err[0] and not (tmp_path / "p.csv").exists()
+    assert main(["hw2_3", str(images), str(tmp_path)]) == 2  # <out_csv> naming a folder
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder" in err[0]
+
+
+def test_predict_out_naming_a_folder_or_under_a_file(clf, tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (28, 28)).save(images / "a.png")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, fragment in ((tmp_path / "dir", "is a folder"), (tmp_path / "file" / "p.csv", "is a file")):
+        code, err = run_cli(["predict", str(clf), "--images", str(images), "--out", str(out)], capsys)
+        assert code == 2 and len(err) == 1 and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf", "dir", "file", "imgs"]
+    assert list((tmp_path / "dir").iterdir()) == []
+
+
+def test_sample_out_under_a_file_is_one_line(tmp_path, capsys):
+    from dlcv import checkpoint
+    from dlcv.models import build_model
+    from dlcv.models.gan import GeneratorConfig
+
+    gen = checkpoint.save(build_model("generator", GeneratorConfig(z_dim=8, image_size=28, width=4)), tmp_path / "g")
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(["sample", str(gen), "--out", str(tmp_path / "file" / "sub"), "--n", "2"], capsys)
+    assert code == 2 and len(err) == 1 and str(tmp_path / "file") in err[0] and "Errno" not in err[0]
+
+
+def test_config_json_holding_a_list(clf, capsys):
+    from dlcv import checkpoint
+
+    (clf / "config.json").write_text("[1, 2]")
+    with pytest.raises(checkpoint.CheckpointError, match="holds a JSON list"):
+        checkpoint.load(clf)
+    code, err = run_cli(["eval", str(clf)], capsys)
+    assert code == 2 and len(err) == 1 and "config.json holds a JSON list" in err[0]
+
+
+@pytest.mark.parametrize("script", ["hw2_1.sh", "hw2_3.sh", "hw_run.sh"])
+def test_grading_scripts_without_torch_say_how_to_install(script, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    python = tmp_path / "python"  # the same interpreter without site-packages: no torch
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} -S -I \"$@\"\n")
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python)}
+    done = subprocess.run(["bash", str(ROOT / "grading" / script), str(tmp_path / "out"), str(tmp_path / "o.csv")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "pip install -r" in err[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
