@@ -14,7 +14,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_model
 
 from dlcv.config import from_dict, to_dict
-from dlcv.fileio import atomic_dir
+from dlcv.fileio import atomic_dir, recover
 from dlcv.models import architecture_of, build_model, model_config_class
 from dlcv.models.classifier import Classifier, ClassifierConfig
 
@@ -69,7 +69,8 @@ def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | 
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed config.json of a checkpoint folder."""
+    """The parsed config.json of a checkpoint folder (a replace of it interrupted by a kill is finished first)."""
+    recover(directory)
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")

@@ -268,3 +268,120 @@ def test_grading_scripts_without_torch_say_how_to_install(script, tmp_path):
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1 and "pip install -r" in err[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- 8, 9: interrupted replaces, file modes
+
+def dead_pid() -> int:
+    import subprocess
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def tiny_classifier(seed: int):
+    from dlcv.models import build_model
+    from dlcv.models.classifier import ClassifierConfig
+
+    torch.manual_seed(seed)
+    return build_model("classifier", ClassifierConfig(width=4))
+
+
+KILL_AT = """
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+import dlcv.fileio as fileio
+from dlcv import checkpoint
+from dlcv.models import build_model
+from dlcv.models.classifier import ClassifierConfig
+real, calls = os.replace, []
+def replace(src, dst):
+    real(src, dst)
+    calls.append(dst)
+    if len(calls) == {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+fileio.os.replace = replace
+torch.manual_seed(1)
+checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), {target!r})
+"""
+
+
+@pytest.mark.parametrize("after", [1, 2])  # killed once the new copy is complete / between the two renames
+def test_checkpoint_replace_killed_midway_is_completed(after, tmp_path):
+    import subprocess
+    import sys
+
+    from dlcv import checkpoint
+
+    target = tmp_path / "ckpt"
+    checkpoint.save(tiny_classifier(0), target)
+    done = subprocess.run([sys.executable, "-c", KILL_AT.format(root=str(ROOT), after=after, target=str(target))],
+                          capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ckpt.")]  # the kill left its names
+    model, _ = checkpoint.load(target)  # the reader finishes the replace: the new weights, nothing left behind
+    expected = tiny_classifier(1).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_replace_killed_by_an_earlier_version_is_rolled_back(tmp_path):
+    """Before the `.new-PID` step a kill between the renames left `.x.old-PID` and `.x.<random>.tmp`: restored."""
+    import os
+
+    from dlcv import checkpoint
+
+    pid = dead_pid()
+    checkpoint.save(tiny_classifier(0), tmp_path / "ckpt")
+    os.replace(tmp_path / "ckpt", tmp_path / f".ckpt.old-{pid}")
+    (tmp_path / ".ckpt.ab12cd34.tmp").mkdir()
+    model, _ = checkpoint.load(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file() and not (tmp_path / f".ckpt.old-{pid}").exists()
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    import os
+
+    from dlcv import checkpoint
+    from dlcv.fileio import atomic_write_text
+
+    pid = dead_pid()
+    half = tmp_path / f".ckpt.tmp-{pid}-x1y2z3ab"  # a checkpoint (or dataset) half written when its writer died
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half")
+    alive = tmp_path / f".ckpt.tmp-{os.getpid()}-q1w2e3r4"  # a live writer's: kept
+    alive.mkdir()
+    stale_file = tmp_path / f".report.md.tmp-{pid}-abc"
+    stale_file.write_text("half")
+    checkpoint.save(tiny_classifier(0), tmp_path / "ckpt")
+    atomic_write_text(tmp_path / "report.md", "ok\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", "report.md", alive.name])
+
+
+def test_half_written_dataset_is_cleaned_by_the_next_prepare(tmp_path):
+    from test_data import make_shared_source
+
+    from dlcv.data.prepare import prepare
+
+    src = tmp_path / "src"
+    make_shared_source(src)
+    half = tmp_path / "out" / "digits" / f".usps.tmp-{dead_pid()}-a1b2c3d4"
+    (half / "data").mkdir(parents=True)
+    prepare(str(src), tmp_path / "out", only=["usps"], progress=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "out" / "digits").iterdir()) == ["usps"]
+
+
+def test_written_files_get_normal_modes(tmp_path):
+    import os
+
+    from dlcv import checkpoint
+
+    mask = os.umask(0o022)
+    try:
+        checkpoint.save(tiny_classifier(0), tmp_path / "ckpt")
+    finally:
+        os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755

@@ -24,7 +24,7 @@ from PIL import Image
 from dlcv.data.digits import IMAGE_SIZE as DIGIT_SIZE
 from dlcv.data.faces import IMAGE_SIZE as FACE_SIZE
 from dlcv.data.images import DataError
-from dlcv.fileio import atomic_dir
+from dlcv.fileio import atomic_dir, recover
 
 log = logging.getLogger(__name__)
 
@@ -469,6 +469,7 @@ def prepare(source: str, out: str | Path, only: list[str] | None = None, val_fra
                   "synth": synth_mnistm if name == "mnistm_synth" else 0, "source": source if not files else "files"}
         fingerprint = _fingerprint(files, params)
         target = dataset_dir(out, name)
+        recover(target)  # a run killed while swapping this folder in: finish it (and drop its half-written copy)
         state = _existing_state(target, fingerprint)
         if state == "different" and not overwrite:
             raise DataError(f"{target} already holds a different dataset (other source, seed or split); "
