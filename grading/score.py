@@ -89,13 +89,24 @@ def check_image_folder(folder: Path, count: int, size: int,
     if not folder.is_dir():
         raise Invalid([f"{folder.name} is a file, not a folder of {count} PNG images"])
     problems = []
-    entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    others = [e.name + ("/" if e.is_dir() else "") for e in entries
-              if e.is_dir() or not e.name.lower().endswith(".png")]
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        raise Invalid([f"{folder.name}/ cannot be listed ({err.strerror}); it must be a plain folder of {count} "
+                       f"PNG images"]) from None
+
+    def is_file(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_file()
+        except OSError:  # a symlink loop: not a file, reported with the other entries
+            return False
+
+    others = [e.name + ("" if is_file(e) else "/") for e in entries
+              if not is_file(e) or not e.name.lower().endswith(".png")]
     if others:
         problems.append(f"{len(others)} entries are not .png files ({listing(others)}); the folder must hold only "
                         f"the {count} PNG images")
-    names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(".png")]
+    names = [e.name for e in entries if is_file(e) and e.name.lower().endswith(".png")]
     if len(names) != count:
         problems.append(f"holds {len(names)} PNG images; exactly {count} are required")
     unreadable, wrong_size, grey, arrays = [], [], [], []
@@ -321,11 +332,10 @@ def score_predictions(path: Path, truth: dict[str, int]) -> dict[str, Any]:
     for name, label in predictions.items():
         if name not in truth:
             continue
-        try:
-            value = int(label)
-        except ValueError:
+        if not re.fullmatch(r"[+-]?[0-9]+", label):  # ASCII digits only: int() also reads "٣" and "３"
             not_integer.append(f"{name}={label!r}")
             continue
+        value = int(label)
         if value == truth[name]:
             correct += 1
         else:
@@ -346,10 +356,19 @@ def score_adaptation(out: Path, data: Path, manifest: dict[str, Any]) -> dict[st
     part: dict[str, Any] = {"notes": [], "pairs": {}}
     entries = {Path(e["output"]).name: e for e in manifest.get("parts", {}).get("adaptation", {}).get("entries", [])
                if e.get("output", "").endswith(".csv")}
-    present = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    present, folders = [], []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            try:
+                (present if p.is_file() else folders).append(p.name)
+            except OSError:  # a symlink loop, a name the file system cannot stat
+                folders.append(p.name)
     others = [n for n in present if not n.endswith(".csv")]
     if others:
         part["notes"].append(f"adaptation/ holds files that are not CSVs (ignored): {listing(others)}")
+    if folders:
+        part["notes"].append(f"adaptation/ holds entries that are not files (ignored): "
+                             f"{listing([n + '/' for n in folders])}")
     names = sorted({n for n in present if n.endswith(".csv")} | set(entries))
     if not names:
         part["notes"].append("no adaptation/<source>_to_<target>.csv to score")

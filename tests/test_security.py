@@ -385,3 +385,96 @@ def test_written_files_get_normal_modes(tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ckpt").iterdir()}
     assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
     assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755
+
+
+# ---------------------------------------------------------------- 10: messages that name the file and fit a line
+
+def digits_csv(tmp_path: Path, text: bytes) -> Path:
+    folder = tmp_path / "digits" / "usps"
+    (folder / "data").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(folder / "data" / "a.png")
+    (folder / "test.csv").write_bytes(text)
+    return tmp_path
+
+
+def test_csv_that_is_not_utf8_is_named(tmp_path):
+    from dlcv.data.digits import read_digits
+    from dlcv.data.images import DataError
+
+    root = digits_csv(tmp_path, "image_name,label\na.png,1\n# café\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"test.csv is not UTF-8 text .*re-save it as UTF-8") as err:
+        read_digits(root, "usps", "test", channels=1)
+    assert one_line(err.value)
+
+
+def test_csv_with_a_bom_is_read_like_the_scorer_reads_it(tmp_path):
+    from dlcv.data.digits import read_digits
+    from grading.score import read_submission
+
+    root = digits_csv(tmp_path, b"\xef\xbb\xbfimage_name,label\na.png,1\n")
+    assert read_digits(root, "usps", "test", channels=1).labels.tolist() == [1]
+    assert read_submission(root / "digits" / "usps" / "test.csv") == {"a.png": "1"}
+
+
+@pytest.mark.parametrize("label", ["٣", "３"])  # Arabic-Indic and fullwidth three: int() reads both as 3
+def test_non_ascii_digits_are_not_labels(label, tmp_path):
+    from dlcv.data.digits import read_digits
+    from dlcv.data.images import DataError
+    from grading.score import score_predictions
+
+    root = digits_csv(tmp_path, f"image_name,label\na.png,{label}\n".encode())
+    with pytest.raises(DataError, match="is not a digit 0-9"):
+        read_digits(root, "usps", "test", channels=1)
+    scored = score_predictions(root / "digits" / "usps" / "test.csv", {"a.png": 3})
+    assert scored["correct"] == 0 and scored["not_integer"] == [f"a.png={label!r}"]
+
+
+@pytest.mark.parametrize("command", [["data", "prepare", "--source", "x"], ["sample", "ckpt", "--out", "o", "--n", "1"],
+                                     ["figures", "ckpt", "--out", "o"]])
+def test_negative_seed_is_refused_by_name(command, capsys):
+    from dlcv.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--seed", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --seed: -1 is out of range; give a seed from 0 to 4294967295" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", ["abc", -3, 0, 2.5, True, None, 10**9])
+def test_bad_width_in_config_json_is_one_line(width, clf, capsys):
+    import json
+
+    document = json.loads((clf / "config.json").read_text())
+    document["config"]["width"] = width
+    (clf / "config.json").write_text(json.dumps(document))
+    code, err = run_cli(["eval", str(clf)], capsys)
+    assert code == 2 and len(err) == 1 and "config.json" in err[0]
+    assert ("config.width is" in err[0]) or ("cannot be built" in err[0])
+
+
+def test_torch_weights_only_advice_is_one_line(tmp_path, capsys):
+    path = crafted_pt(tmp_path / "Classifier.pth", tmp_path / "pwned")
+    code, err = run_cli(["eval", str(path)], capsys)
+    assert code == 2 and len(err) == 1 and "Classifier.pth is not a loadable torch checkpoint" in err[0]
+    assert "Re-running" not in err[0] and len(err[0]) < 400 and not (tmp_path / "pwned").exists()
+
+
+def test_folder_named_csv_and_symlink_loop_are_reported(tmp_path, monkeypatch):
+    import os
+
+    from grading import score
+
+    monkeypatch.setattr(score, "N_IMAGES", 10)
+    out = tmp_path / "out"
+    (out / "adaptation" / "mnistm_to_usps.csv").mkdir(parents=True)
+    for name in score.DIGIT_FOLDERS:
+        folder = out / "digits" / name
+        folder.mkdir(parents=True)
+        for d in range(10):
+            Image.new("RGB", (28, 28)).save(folder / f"{d}_001.png")
+    os.symlink("loop", out / "digits" / "acgan" / "loop")  # a link to itself: stat() fails with ELOOP
+    adaptation = score.score_adaptation(out, tmp_path / "data", {})
+    assert any("mnistm_to_usps.csv/" in n and "not files" in n for n in adaptation["notes"])
+    digits = score.score_digits(out, tmp_path / "no_classifier.pth")
+    assert digits["acgan"]["status"] == "invalid" and any("loop/" in p for p in digits["acgan"]["problems"])
+    assert digits["diffusion"]["status"] == "incomplete"  # valid; only the classifier is missing

@@ -148,7 +148,11 @@ def read_csv(path: str | os.PathLike, required: tuple[str, ...], allow_extra: bo
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; check --data or run `python -m dlcv data prepare`")
-    with open(path, newline="", encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is an encoding detail, as the scorer treats it
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}); re-save it as UTF-8 CSV") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]

@@ -201,10 +201,13 @@ def _svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _shared_faces(tar_path: Path, csv_path: Path, seed: int) -> Prepared:
     _need(tar_path), _need(csv_path)
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        rows = {r["image_name"]: r for r in reader}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = {r.get("image_name"): r for r in reader}
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path} is not UTF-8 text (byte {err.start}); re-copy it from ../shared/data/faces") from None
     if "image_name" not in header or "has_attributes" not in header:
         raise DataError(f"{csv_path} lacks image_name/has_attributes columns; re-copy it from ../shared/data/faces")
     attribute_names = header[header.index("has_attributes") + 1:]
