@@ -135,16 +135,25 @@ def soak_gradio(env: dict, requests: int, budget: float, upload: Path) -> list[d
 
 
 def soak_streamlit(requests: int, budget: float) -> list[dict]:
+    os.environ["STREAMLIT_LOGGER_LEVEL"] = "error"  # AppTest's bare-mode runs warn "missing ScriptRunContext"
     from streamlit import logger
     from streamlit.testing.v1 import AppTest
 
-    logger.set_log_level("error")  # AppTest's bare-mode runs warn "missing ScriptRunContext" on each run
+    logger.set_log_level("error")
+
+    def quiet() -> None:  # loggers streamlit creates lazily, during the first runs, start at "warning"
+        import logging
+
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("streamlit"):
+                logging.getLogger(name).setLevel(logging.ERROR)
 
     def run(page: str):
         def call():
             app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
             if page != PAGES[0]:
                 app.switch_page(page).run()
+            quiet()
             if app.exception:
                 raise RuntimeError(app.exception[0].message)
         return call
