@@ -19,6 +19,9 @@ import torch
 from dlcv import checkpoint, service
 
 FACE_DEFAULT = service.FACE_GAN_ORDER[0]
+# the Streamlit app's upload limits: Gradio refuses bigger files before saving them, and uploads reach the handlers
+# as paths (gr.Image type="filepath", image_mode=None: opened for the header only), checked before decoding
+LAUNCH_OPTIONS = {"max_file_size": service.MAX_UPLOAD_BYTES}
 
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -115,6 +118,10 @@ def vae_reconstruct(image):
     if image is None:
         return [], "upload a face first"
     try:
+        image = service.open_upload_path(image)
+    except service.UploadError as err:
+        return [], str(err)
+    try:
         vae = _load(service.FACE_VAE)[0]
     except MISSING as err:
         return [], str(err)
@@ -150,6 +157,11 @@ def _pairs() -> dict:
 
 def adapt(pair: str, image, example_digit: int):
     """The models of a UDA pair on one image (the upload, else a printed example digit): {method: {label: p}}."""
+    if image is not None:
+        try:
+            image = service.open_upload_path(image)
+        except service.UploadError as err:
+            return {}, str(err)
     methods = _pairs().get(pair)
     if not methods:
         return {}, "no adaptation checkpoints (uda_<method>_<source>_to_<target>) for that pair yet"
@@ -221,7 +233,8 @@ def build() -> gr.Blocks:
             button.click(interpolate, [interp_name, seed_a, seed_b, steps, mode], [gallery, note],
                          api_name="interpolate")
             gr.Markdown("### VAE reconstruction")
-            upload = gr.Image(type="pil", label="a face (converted to 64x64 RGB)", sources=["upload"])
+            upload = gr.Image(type="filepath", image_mode=None, label="a face (converted to 64x64 RGB)",
+                              sources=["upload"])
             button = gr.Button("Reconstruct")
             gallery, note = gr.Gallery(format="png", columns=2, label="input / reconstruction"), gr.Markdown()
             button.click(vae_reconstruct, [upload], [gallery, note], api_name="vae_reconstruct")
@@ -246,7 +259,8 @@ def build() -> gr.Blocks:
         with gr.Tab("Adaptation"):
             with gr.Row():
                 pair = gr.Dropdown(pairs, value=pairs[0], label="source -> target")
-                upload = gr.Image(type="pil", label="a target-domain digit (or leave empty)", sources=["upload"])
+                upload = gr.Image(type="filepath", image_mode=None, label="a target-domain digit (or leave empty)",
+                                  sources=["upload"])
                 example = gr.Dropdown(list(range(10)), value=7, label="example digit (used without an upload)")
             button = gr.Button("Classify", variant="primary")
             scores, note = gr.JSON(label="probabilities per method"), gr.Markdown()
@@ -265,4 +279,4 @@ def build() -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    build().launch()
+    build().launch(**LAUNCH_OPTIONS)

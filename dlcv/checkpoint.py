@@ -14,7 +14,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_model
 
 from dlcv.config import from_dict, to_dict
-from dlcv.fileio import atomic_dir
+from dlcv.fileio import atomic_dir, recover
 from dlcv.models import architecture_of, build_model, model_config_class
 from dlcv.models.classifier import Classifier, ClassifierConfig
 
@@ -69,14 +69,18 @@ def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | 
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed config.json of a checkpoint folder."""
+    """The parsed config.json of a checkpoint folder (a replace of it interrupted by a kill is finished first)."""
+    recover(directory)
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         document = json.loads(path.read_text())
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(document).__name__}, not the object a checkpoint writes; "
+                              f"re-download or re-save the checkpoint")
     if document.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {document.get('format')!r}; this dlcv reads format {FORMAT}")
     return document
@@ -89,18 +93,66 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     try:
         config = from_dict(model_config_class(document["architecture"]), document["config"])
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: cannot rebuild the model config ({err})") from None
-    model = build_model(document["architecture"], config)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise CheckpointError(f"{directory / CONFIG_NAME}: cannot rebuild the model config ({message})") from None
+    check_config_values(config, directory / CONFIG_NAME)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found; copy the weights next to {CONFIG_NAME}")
     try:
+        with torch.device("meta"):  # shapes only, no memory: a config that does not fit its weights stops here
+            skeleton = build_model(document["architecture"], config)
+    except Exception as err:  # noqa: BLE001 - the values passed check_config_values but the layers refuse them
+        raise CheckpointError(f"{directory / CONFIG_NAME}: the model cannot be built from its config "
+                              f"({_first_line(err)}); re-save the checkpoint") from None
+    try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"{weights} is not a readable safetensors file ({err}); re-download it") from None
+    check_state_dict(skeleton, state, str(weights))
+    model = build_model(document["architecture"], config)
     check_state_dict(model, state, str(weights))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), document
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (torch's unpickling errors add several lines of advice)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+SIZE_WORDS = ("width", "size", "channels", "dim", "mults")  # config fields that count something: at least 1
+
+
+def check_config_values(config: Any, where: str | os.PathLike) -> None:
+    """Refuse a hand-edited model config whose values have the wrong type or range (width "abc", -3, 2.5, true),
+    one line naming the field, before any layer is built."""
+    import dataclasses
+    import math
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, hint = getattr(config, field.name), hints[field.name]
+        least = 1 if any(word in field.name for word in SIZE_WORDS) else 0
+        if hint is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+            want = f"an integer >= {least}"
+        elif hint is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        elif hint is bool:
+            ok, want = isinstance(value, bool), "true or false"
+        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[:1] == (int,):
+            ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= least
+                                                  for v in value)
+            want = f"a list of integers >= {least}"
+        else:
+            continue
+        if not ok:
+            raise CheckpointError(f"{where}: config.{field.name} is {value!r}; it must be {want} (re-save the "
+                                  f"checkpoint or restore the value it was trained with)")
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -141,7 +193,8 @@ def load_course_classifier(path: str | os.PathLike) -> Classifier:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated zip files, non-torch files
-        raise CheckpointError(f"{path} is not a loadable torch checkpoint ({err}); use the course's Classifier.pth") from None
+        raise CheckpointError(f"{path} is not a loadable torch checkpoint ({_first_line(err)}); use the "
+                              f"course's Classifier.pth") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; expected the course's Classifier.pth")

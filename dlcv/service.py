@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -474,7 +475,9 @@ def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
         raise UploadError(f"that file is {len(data) / 2**20:.1f} MB; upload an image of at most "
                           f"{max_bytes / 2**20:.0f} MB")
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the pixel count is checked just below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         if image.width * image.height > MAX_UPLOAD_PIXELS:
             raise UploadError(f"that image is {image.width}x{image.height} pixels; upload one of at most "
                               f"{MAX_UPLOAD_PIXELS} pixels (e.g. 4096x4096)")
@@ -484,6 +487,15 @@ def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
             raise
         raise UploadError("that file is not a readable image; upload a PNG or JPEG") from None
     return image
+
+
+def open_upload_path(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
+    """open_upload for a file an app server saved (Gradio): the size is checked on disk before a byte is read."""
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        raise UploadError(f"that file is {size / 2**20:.1f} MB; upload an image of at most {max_bytes / 2**20:.0f} MB")
+    with open(path, "rb") as f:
+        return open_upload(f.read(), max_bytes)
 
 
 def to_pil(images: torch.Tensor, scale: int = 1) -> list[Image.Image]:

@@ -58,6 +58,9 @@ def hw2_2(out: str, seed: int = 0) -> str:
 def hw2_3(test_dir: str, out_csv: str) -> str:
     from dlcv.data.images import list_images
 
+    from dlcv.fileio import check_file_target
+
+    check_file_target(out_csv, "<out_csv>")  # before loading and predicting
     target = domain_in_path(test_dir)
     checkpoint = pick_uda_checkpoint(service.checkpoints_root(), target)
     names = list_images(test_dir)
@@ -88,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             message = hw2_2(args.out)
         else:
             message = hw2_3(args.test_dir, args.out_csv)
-    except (Missing, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except OSError as err:  # a path that is a folder, a file, unreadable, or a full disk
+        from dlcv.fileio import describe_os_error
+
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except (Missing, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{message} in {time.perf_counter() - start:.1f} s")

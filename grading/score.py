@@ -89,13 +89,24 @@ def check_image_folder(folder: Path, count: int, size: int,
     if not folder.is_dir():
         raise Invalid([f"{folder.name} is a file, not a folder of {count} PNG images"])
     problems = []
-    entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    others = [e.name + ("/" if e.is_dir() else "") for e in entries
-              if e.is_dir() or not e.name.lower().endswith(".png")]
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        raise Invalid([f"{folder.name}/ cannot be listed ({err.strerror}); it must be a plain folder of {count} "
+                       f"PNG images"]) from None
+
+    def is_file(entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_file()
+        except OSError:  # a symlink loop: not a file, reported with the other entries
+            return False
+
+    others = [e.name + ("" if is_file(e) else "/") for e in entries
+              if not is_file(e) or not e.name.lower().endswith(".png")]
     if others:
         problems.append(f"{len(others)} entries are not .png files ({listing(others)}); the folder must hold only "
                         f"the {count} PNG images")
-    names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(".png")]
+    names = [e.name for e in entries if is_file(e) and e.name.lower().endswith(".png")]
     if len(names) != count:
         problems.append(f"holds {len(names)} PNG images; exactly {count} are required")
     unreadable, wrong_size, grey, arrays = [], [], [], []
@@ -321,11 +332,10 @@ def score_predictions(path: Path, truth: dict[str, int]) -> dict[str, Any]:
     for name, label in predictions.items():
         if name not in truth:
             continue
-        try:
-            value = int(label)
-        except ValueError:
+        if not re.fullmatch(r"[+-]?[0-9]+", label):  # ASCII digits only: int() also reads "٣" and "３"
             not_integer.append(f"{name}={label!r}")
             continue
+        value = int(label)
         if value == truth[name]:
             correct += 1
         else:
@@ -346,10 +356,19 @@ def score_adaptation(out: Path, data: Path, manifest: dict[str, Any]) -> dict[st
     part: dict[str, Any] = {"notes": [], "pairs": {}}
     entries = {Path(e["output"]).name: e for e in manifest.get("parts", {}).get("adaptation", {}).get("entries", [])
                if e.get("output", "").endswith(".csv")}
-    present = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    present, folders = [], []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            try:
+                (present if p.is_file() else folders).append(p.name)
+            except OSError:  # a symlink loop, a name the file system cannot stat
+                folders.append(p.name)
     others = [n for n in present if not n.endswith(".csv")]
     if others:
         part["notes"].append(f"adaptation/ holds files that are not CSVs (ignored): {listing(others)}")
+    if folders:
+        part["notes"].append(f"adaptation/ holds entries that are not files (ignored): "
+                             f"{listing([n + '/' for n in folders])}")
     names = sorted({n for n in present if n.endswith(".csv")} | set(entries))
     if not names:
         part["notes"].append("no adaptation/<source>_to_<target>.csv to score")
@@ -389,22 +408,66 @@ def score_adaptation(out: Path, data: Path, manifest: dict[str, Any]) -> dict[st
 
 # ---------------------------------------------------------------- grade, report, entry point
 
+def _typed(value: Any, kind: type | tuple[type, ...], where: str, dropped: list[str]) -> Any:
+    """`value` if it has the type hw_run.sh writes (bool is not a number here), else None, noting `where`."""
+    if value is None:
+        return None
+    if isinstance(value, kind) and not (isinstance(value, bool) and kind != bool):
+        return value
+    dropped.append(where)
+    return None
+
+
+def _clean_entry(entry: Any, where: str, dropped: list[str]) -> dict[str, Any] | None:
+    """One manifest entry with only the typed fields the scorer reads; None when it has no `output` string."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("output"), str):
+        dropped.append(where)
+        return None
+    clean = {"output": entry["output"]}
+    for key in ("status", "message", "checkpoint"):
+        if entry.get(key) is not None:
+            clean[key] = _typed(entry.get(key), str, f"{where}.{key}", dropped)
+    candidates = {}
+    details = _typed(entry.get("details"), dict, f"{where}.details", dropped) or {}
+    for name, info in (_typed(details.get("candidates"), dict, f"{where}.details.candidates", dropped) or {}).items():
+        info = _typed(info, dict, f"{where}.details.candidates.{name}", dropped)
+        if info is not None:
+            candidates[str(name)] = {
+                "method": _typed(info.get("method"), str, f"{where}.details.candidates.{name}.method", dropped) or "",
+                "metrics": _typed(info.get("metrics"), dict, f"{where}.details.candidates.{name}.metrics",
+                                  dropped) or {}}
+    if candidates:
+        clean["details"] = {"candidates": candidates}
+    return clean
+
+
 def read_manifest(out: Path) -> tuple[dict[str, Any], str]:
+    """manifest.json reduced to the typed fields the scorer reads: a hand-edited file (it is part of an untrusted
+    submission) loses its ill-typed values, named in the returned note, and never breaks the scorer."""
     path = out / "manifest.json"
     if not path.is_file():
         return {}, "no manifest.json (not written by hw_run.sh): checkpoints and hw_run times unknown"
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("parts", {}), dict):
+        raw = json.loads(path.read_bytes().decode("utf-8-sig"))
+        if not isinstance(raw, dict) or not isinstance(raw.get("parts", {}), dict):
             raise ValueError("not the JSON object hw_run.sh writes")
-    except (ValueError, OSError) as err:
-        return {}, f"manifest.json is unreadable ({err}); ignored"
-    # keep only well-formed parts and entries, so a hand-edited manifest cannot break the scorer
-    manifest["parts"] = {name: {**part, "entries": [e for e in part.get("entries", []) if isinstance(e, dict)
-                                                    and isinstance(e.get("output"), str)]}
-                         for name, part in manifest.get("parts", {}).items()
-                         if isinstance(part, dict) and isinstance(part.get("entries", []), list)}
-    return manifest, ""
+    except (ValueError, OSError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        return {}, f"manifest.json is unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__}); ignored"
+    dropped: list[str] = []
+    parts = {}
+    for name, part in raw.get("parts", {}).items():
+        where = f"parts.{name}"
+        if not isinstance(part, dict) or not isinstance(part.get("entries", []), list):
+            dropped.append(where)
+            continue
+        entries = [_clean_entry(e, f"{where}.entries[{i}]", dropped) for i, e in enumerate(part.get("entries", []))]
+        parts[name] = {"status": _typed(part.get("status"), str, f"{where}.status", dropped),
+                       "seconds": _typed(part.get("seconds"), (int, float), f"{where}.seconds", dropped),
+                       "message": _typed(part.get("message"), str, f"{where}.message", dropped),
+                       "entries": [e for e in entries if e is not None]}
+    note = (f"manifest.json: ignored {len(dropped)} values of the wrong type ({listing(dropped, 5)}); "
+            f"it was edited by hand or not written by hw_run.sh") if dropped else ""
+    return {"parts": parts}, note
 
 
 def grade(out: Path, data: Path, classifier: Path, fid: bool = True, isc: bool = False) -> dict[str, Any]:

@@ -544,6 +544,12 @@ def _write_npz_without(path: Path, key: str) -> None:
     np.savez(path, **arrays)
 
 
+def _edit_npz(path: Path, **edits) -> None:
+    with np.load(path) as data:
+        arrays = {k: edits[k](data[k]) if k in edits else data[k] for k in data.files}
+    np.savez(path, **arrays)
+
+
 def _savemat(path: Path, arrays: dict) -> None:
     import scipy.io
 
@@ -595,6 +601,17 @@ PREPARE_CASES = {
                          {"synth_mnistm": 10}, "bsds500_train_images.tar"),
     "corrupt bsds tar": (lambda s: (s / "bsds500/bsds500_train_images.tar").write_bytes(b"\x00garbage" * 100),
                          ["mnistm_synth"], {"synth_mnistm": 10}, "bsds500_train_images.tar"),
+    "float images": (lambda s: _edit_npz(s / "digits/usps.npz", x_train=lambda x: x.astype(np.float32) / 255),
+                     ["usps"], {}, "usps.npz x_train is float32"),
+    "label 12": (lambda s: _edit_npz(s / "digits/usps.npz", y_train=lambda y: np.where(np.arange(len(y)) == 3, 12, y)),
+                 ["usps"], {}, "usps.npz y_train[3] is 12"),
+    "x/y length mismatch": (lambda s: _edit_npz(s / "digits/usps.npz", y_test=lambda y: y[:-1]), ["usps"], {},
+                            "usps.npz y_test has shape"),
+    "npz without channel axis": (lambda s: _edit_npz(s / "digits/mnistm.npz", x_test=lambda x: x[..., 0]),
+                                 ["mnistm"], {}, "mnistm.npz x_test has shape"),
+    "negative val fraction": (lambda s: None, ["usps"], {"val_fraction": -0.1}, "--val-fraction -0.1"),
+    "val fraction 1": (lambda s: None, ["usps"], {"val_fraction": 1.0}, "--val-fraction 1.0"),
+    "val fraction nan": (lambda s: None, ["usps"], {"val_fraction": float("nan")}, "--val-fraction nan"),
     "unknown dataset": (lambda s: None, ["cifar10"], {}, "cifar10"),
     "empty val split": (lambda s: None, ["usps"], {"val_fraction": 0.01}, "empty val split"),
     "mnistm_synth without a count": (lambda s: None, ["mnistm_synth"], {}, "mnistm_synth from"),
@@ -616,7 +633,7 @@ def test_prepare_rejects_bad_input_before_writing_anything(case, shared, tmp_pat
     assert isinstance(err.value, ValueError)
     assert fragment in str(err.value)
     assert snapshot(out) == before
-    assert not [p for p in out.rglob(".*.tmp")]
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name or ".new-" in p.name or ".old-" in p.name]
 
 
 def test_prepare_missing_source_folder(tmp_path):
@@ -678,6 +695,7 @@ def test_cli_data_prepare_prints_the_counts_table(shared, tmp_path, capsys):
 @pytest.mark.parametrize("extra, fragment", [
     ([], "nowhere"),  # no such source folder
     (["--only", "usps"], "usps.npz"),  # the folder lacks a file
+    (["--only", "usps", "--val-fraction", "-0.1"], "--val-fraction"),  # would swap train and val
 ])
 def test_cli_data_prepare_error_is_one_line(extra, fragment, shared, tmp_path, capsys):
     from dlcv.cli import main
@@ -685,7 +703,7 @@ def test_cli_data_prepare_error_is_one_line(extra, fragment, shared, tmp_path, c
     src, _ = shared
     if fragment == "usps.npz":
         (src / "digits" / "usps.npz").unlink()
-    else:
+    elif fragment == "nowhere":
         src = tmp_path / "nowhere"
     assert main(["data", "prepare", "--source", str(src), "--out", str(tmp_path / "out")] + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -494,3 +494,22 @@ def test_real_faces_detection_rate_and_fid(tmp_path):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / folder / f"{i:04d}.png")
     result = face_scores(str(tmp_path / "a"), str(tmp_path / "b"), kid_subset_size=50)
     assert result["fid"] >= 0 and result["n_samples"] == 50
+
+
+@pytest.mark.parametrize("entry", [
+    {"output": "adaptation/mnistm_to_usps.csv", "status": "ok", "details": {"candidates": ["a", "b"]}},
+    {"output": "adaptation/mnistm_to_usps.csv", "status": "ok", "details": {"candidates": {"x": "text"}}},
+    {"output": "adaptation/mnistm_to_usps.csv", "status": "ok",
+     "details": {"candidates": {"x": {"method": 3, "metrics": [1, 2]}}}},
+    {"output": "adaptation/mnistm_to_usps.csv", "status": {"not": "a string"}, "message": [1], "details": "x",
+     "checkpoint": 7},
+])
+def test_score_survives_wrong_types_in_a_manifest(world, tmp_path, entry, fake_fid):
+    """A hand-edited manifest (issue 37 item 2): the ill-typed values are dropped with a note, report.md is written."""
+    manifest = {"parts": {"adaptation": {"status": "ok", "seconds": "fast", "entries": [entry]},
+                          "digits": {"status": 1, "entries": []}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    result = grade(tmp_path, world, "--no-fid")
+    assert (tmp_path / "report.md").is_file()
+    assert any("manifest.json: ignored" in n and "wrong type" in n for n in result["notes"])
+    assert "mnistm_to_usps.csv" in result["adaptation"]["pairs"]

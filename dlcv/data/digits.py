@@ -63,8 +63,8 @@ def read_digits(root: str | Path, domain: str, split: str, channels: int | None 
     names = [r["image_name"] for r in rows]
     labels = []
     for r in rows:
-        try:
-            label = int(r["label"])
+        try:  # ASCII only: int() also reads "٣" or "３", which no label file of the course holds
+            label = int(r["label"]) if r["label"].isascii() else -1
         except ValueError:
             label = -1
         if not 0 <= label < NUM_CLASSES:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,13 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int |
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # the pixel count is checked below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                raise DataError(f"{path} is {img.width}x{img.height} pixels, over Pillow's limit of "
+                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb guard); shrink it or remove it")
             img.load()  # decode now: truncated files fail here, not later in training
             mode = img.mode
             if mode == "RGBA":
@@ -70,6 +77,9 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int |
                                     f"resize it (or pass --resize where the command offers it)")
                 img = img.resize((size, size), Image.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError:  # raised by Image.open itself beyond twice the limit
+        raise DataError(f"{path} has more pixels than Pillow's limit of 2 x {Image.MAX_IMAGE_PIXELS} (a "
+                        f"decompression bomb guard); shrink it or remove it") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path} is corrupt, truncated or not an image ({err}); re-export or remove it") from None
     if array.ndim == 2:
@@ -138,7 +148,11 @@ def read_csv(path: str | os.PathLike, required: tuple[str, ...], allow_extra: bo
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; check --data or run `python -m dlcv data prepare`")
-    with open(path, newline="", encoding="utf-8") as f:
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is an encoding detail, as the scorer treats it
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}); re-save it as UTF-8 CSV") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]

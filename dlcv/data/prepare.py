@@ -24,7 +24,7 @@ from PIL import Image
 from dlcv.data.digits import IMAGE_SIZE as DIGIT_SIZE
 from dlcv.data.faces import IMAGE_SIZE as FACE_SIZE
 from dlcv.data.images import DataError
-from dlcv.fileio import atomic_dir
+from dlcv.fileio import atomic_dir, recover
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,35 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
     for key in ("x_train", "y_train", "x_test", "y_test"):
         if key not in arrays:
             raise DataError(f"{path} lacks array {key!r}; expected x_train, y_train, x_test, y_test")
+    for split in ("train", "test"):
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = check_digits(path, split, arrays[f"x_{split}"],
+                                                                  arrays[f"y_{split}"])
     return arrays
+
+
+def check_digits(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, H, W, C) with C in 1/3 and integer pixels in 0..255 (returned as uint8), y (N,) integer digits 0..9:
+    anything else (float images would become black PNGs, label 12 a bad row) is a DataError naming the array."""
+    where = f"{path} x_{split}"
+    if x.ndim != 4 or x.shape[3] not in (1, 3):
+        raise DataError(f"{where} has shape {x.shape}; expected (N, H, W, C) with C = 1 or 3 (add a channel axis: "
+                        f"x[..., None] for grey)")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.integer) or (x.size and (x.min() < 0 or x.max() > 255)):
+            raise DataError(f"{where} is {x.dtype} (values {x.min() if x.size else '-'}..{x.max() if x.size else '-'})"
+                            f"; expected uint8 pixels 0..255 (e.g. (x * 255).round().astype(np.uint8))")
+        x = x.astype(np.uint8)
+    where = f"{path} y_{split}"
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{where} has shape {y.shape} but x_{split} holds {len(x)} images; give one label per image")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where} is {y.dtype}; labels must be integers 0..9")
+    bad = np.flatnonzero((y < 0) | (y > 9))
+    if len(bad):
+        raise DataError(f"{where}[{bad[0]}] is {y[bad[0]]}" + (f" ({len(bad)} labels in all)" if len(bad) > 1 else "")
+                        + "; digit labels must be 0..9")
+    return x, y
 
 
 def shared_sources(source: Path, synth_count: int = 0) -> dict[str, tuple[list[Path], Callable[[float, int], Prepared]]]:
@@ -173,10 +201,13 @@ def _svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _shared_faces(tar_path: Path, csv_path: Path, seed: int) -> Prepared:
     _need(tar_path), _need(csv_path)
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        rows = {r["image_name"]: r for r in reader}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = {r.get("image_name"): r for r in reader}
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path} is not UTF-8 text (byte {err.start}); re-copy it from ../shared/data/faces") from None
     if "image_name" not in header or "has_attributes" not in header:
         raise DataError(f"{csv_path} lacks image_name/has_attributes columns; re-copy it from ../shared/data/faces")
     attribute_names = header[header.index("has_attributes") + 1:]
@@ -406,6 +437,8 @@ def prepare(source: str, out: str | Path, only: list[str] | None = None, val_fra
     writing anything if a source file is missing/corrupt or an output folder holds a different dataset.
     """
     out = Path(out)
+    if not 0 < val_fraction < 1:  # also refuses NaN; 0 would leave val empty, >= 1 or < 0 would swap the splits
+        raise DataError(f"--val-fraction {val_fraction} must lie between 0 and 1 (exclusive), e.g. 0.1")
     if only:
         unknown = sorted(set(only) - set(DATASETS))
         if unknown:
@@ -439,6 +472,7 @@ def prepare(source: str, out: str | Path, only: list[str] | None = None, val_fra
                   "synth": synth_mnistm if name == "mnistm_synth" else 0, "source": source if not files else "files"}
         fingerprint = _fingerprint(files, params)
         target = dataset_dir(out, name)
+        recover(target)  # a run killed while swapping this folder in: finish it (and drop its half-written copy)
         state = _existing_state(target, fingerprint)
         if state == "different" and not overwrite:
             raise DataError(f"{target} already holds a different dataset (other source, seed or split); "
