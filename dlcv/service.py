@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dlcv import catalog as model_catalog
 from dlcv import checkpoint, hub
-from dlcv.data.digits import GREY_DOMAINS, UDA_PAIRS
+from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401 (the
+                          SMILING_CLASSIFIER, SMILING_GAN)  # demo pages read the roles through the service)
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
@@ -194,16 +196,6 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
 
 # ---------------------------------------------------------------- which checkpoints the demo can use
 
-FACE_GAN_ORDER = ("dcgan_faces", "sngan_faces", "wgan_gp_faces")  # method A, method B, then any other face GAN
-SMILING_GAN = "acgan_faces"  # ACGAN on faces, label 1 = Smiling
-FACE_VAE = "vae_faces"
-SMILING_CLASSIFIER = "smiling_classifier"
-DIGIT_DIFFUSION = "ddpm_digits"
-DIGIT_GAN = "acgan_digits"
-UDA_NAME = re.compile(r"^uda_(?P<method>\w+?)_(?P<source>[a-z0-9]+)_to_(?P<target>[a-z0-9]+)$")
-UDA_METHOD_ORDER = ("source_only", "dann")  # then the improved method(s), by name
-
-
 class ModelMissing(LookupError):
     """A checkpoint the demo wants is not there; the message says how to get it."""
 
@@ -229,18 +221,10 @@ class Catalog:
         return sorted(found, key=lambda m: (order.get(m.name, len(order)), m.name))
 
     def uda_pairs(self) -> dict[str, dict[str, ModelInfo]]:
-        """UDA checkpoints uda_<method>_<source>_to_<target> grouped as {"source -> target": {method: info}}, pairs in
-        issue 5's order (UDA_PAIRS), methods in the order source_only, dann, then the rest."""
-        pairs: dict[str, dict[str, ModelInfo]] = {}
-        for name in sorted(self.models):
-            match = UDA_NAME.match(name)
-            if match:
-                pairs.setdefault(f"{match['source']}{PAIR_SEPARATOR}{match['target']}", {})[match["method"]] = self.models[name]
-        order = {m: i for i, m in enumerate(UDA_METHOD_ORDER)}
-        pair_order = {f"{s}{PAIR_SEPARATOR}{t}": i for i, (s, t) in enumerate(UDA_PAIRS)}  # the course's pair first
-        return {pair: dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-                for pair, methods in sorted(pairs.items(), key=lambda kv: (pair_order.get(kv[0], len(pair_order)),
-                                                                           kv[0]))}
+        """UDA checkpoints grouped as {"source -> target": {method: info}}: pairs and methods in the catalog's order
+        (dlcv.catalog.uda_pairs)."""
+        return {f"{pair.source}{PAIR_SEPARATOR}{pair.target}": {m: self.models[n] for m, n in pair.methods.items()}
+                for pair in model_catalog.uda_pairs(self.models).values()}
 
 
 PAIR_SEPARATOR = " -> "  # the demo's pair labels: "source -> target"
@@ -256,8 +240,10 @@ def missing_note(name: str) -> str:
     where = f"{checkpoints_root()}/{name}"
     repos = hub_repos()
     hub_part = f" or in the Hub repos ({', '.join(repos)})" if repos else ""
-    if UDA_NAME.match(name):
-        how = "train it with `python -m dlcv train <uda preset> --out checkpoints/<name>`"
+    uda = model_catalog.parse_uda_name(name)
+    if uda:
+        how = (f"train it with `python -m dlcv train uda_{uda.method} --data.domain={uda.source} "
+               f"--data.target_domain={uda.target} --out checkpoints/{name}`")
     else:
         how = f"train it with `python -m dlcv train {name} --out checkpoints/{name}`"
     return f"`{name}` is not available (no checkpoint in {where}{hub_part}); {how}, or pull it with " \

@@ -34,12 +34,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python scripts/uda_table.py` from a checkout, without installing dlcv
-from dlcv.data.digits import UDA_PAIRS as PAIRS  # noqa: E402  (svhn pairs only run when svhn is prepared)
+from dlcv import catalog  # noqa: E402
+from dlcv.catalog import UDA_PAIRS as PAIRS  # noqa: E402  (svhn pairs only run when svhn is prepared)
 
-METHODS = ["source_only", "dann", "vada", "refine", "target_only"]
+METHODS = list(catalog.METHODS)
 COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)",
            "refine": "DANN + refinement (ours)", "target_only": "target only"}
-ADAPTED = ("dann", "vada", "refine")  # the methods with t-SNE figures, shipped checkpoints and an oracle column
+# the methods with t-SNE figures, shipped checkpoints and an oracle column: DANN and the improved ones
+ADAPTED = tuple(m for m in catalog.METHODS if catalog.METHOD_SLOT[m] in ("dann", "improved"))
 # ablation of the improved method: name -> (preset method, overrides); each row switches one part off
 ABLATION = {
     "vada": ("vada", []),
@@ -64,10 +66,10 @@ def available_pairs(data: str) -> list[tuple[str, str]]:
 def parse_pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in text.split(","):
-        parts = item.replace("->", ":").replace("_to_", ":").split(":")
-        if len(parts) != 2:
+        pair = catalog.parse_pair_name(item.replace("->", ":").replace(":", "_to_"))
+        if pair is None:
             raise SystemExit(f"--pairs item {item!r} must look like mnistm:usps (source:target)")
-        pairs.append((parts[0], parts[1]))
+        pairs.append(pair)
     return pairs
 
 
@@ -80,7 +82,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
     for src, tgt in pairs:
         for method in [m for m in args.methods.split(",") if m]:  # --methods= : ablation runs only
             for seed in (int(s) for s in args.seeds.split(",")):
-                runs.append({"name": f"{method}_{src}_to_{tgt}_s{seed}", "preset": f"uda_{method}", "overrides": [],
+                runs.append({"name": f"{method}_{catalog.pair_name(src, tgt)}_s{seed}", "preset": f"uda_{method}", "overrides": [],
                              "source": src, "target": tgt, "seed": seed, "method": method, "variant": None})
     if args.ablation:
         for src, tgt in parse_pairs(args.ablation):
@@ -401,7 +403,7 @@ def ship(args: argparse.Namespace) -> None:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
     for (method, src, tgt), group in sorted(groups.items()):
         best = max(group, key=lambda r: (r["metrics"]["labelled_val_acc"], -r["seed"]))
-        dest = Path(args.ship) / f"uda_{method}_{src}_to_{tgt}"
+        dest = Path(args.ship) / catalog.uda_name(method, src, tgt)
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(best["checkpoint"], dest)
