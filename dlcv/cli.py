@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoint folders")
     avg.add_argument("--out", required=True, help="folder for the averaged checkpoint (new, or a checkpoint)")
 
+    exp = sub.add_parser("export", help="copy a checkpoint (e.g. a run's snapshot) to a new folder, optionally with "
+                                        "sampling defaults (--sampling.KEY=VALUE); the copy records this command")
+    exp.add_argument("checkpoint")
+    exp.add_argument("--out", required=True, help="folder for the copy (new, or a checkpoint)")
+
+    scfg = sub.add_parser("sampling-config", help="set a checkpoint's sampling defaults in place: "
+                                                  "--sampling.guidance=4 --sampling.uncond_every=2 ... (others keep "
+                                                  "their values; the checkpoint records this command)")
+    scfg.add_argument("checkpoint")
+    scfg.add_argument("--show", action="store_true", help="print the resolved sampling defaults and exit")
+
     pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
     pred.add_argument("checkpoint")
     pred.add_argument("--images", required=True, help="folder of images (sorted by name)")
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if rest and args.command != "train":
+    if rest and args.command not in ("train", *SAMPLING_COMMANDS):
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args, rest)
@@ -163,8 +174,18 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.fresh and (run_dir(cfg) / STATE_NAME).exists():
         shutil.rmtree(run_dir(cfg))
     out = train(cfg, out=args.out)
+    _record_train_command(out, args.preset, rest)
     print(f"checkpoint written to {out}")
     return 0
+
+
+def _record_train_command(out, preset: str, overrides: list[str]) -> None:
+    """The checkpoint's rebuild list starts with the command that trained it."""
+    from dlcv import checkpoint
+    from dlcv.metadata import train_command
+
+    command = train_command(preset, overrides, str(out))
+    checkpoint.update_document(out, lambda d: {**d, "rebuild": [command]})
 
 
 CLASSIFIERS = ("classifier", "uda_net")  # the architectures that eval and predict can use
@@ -271,5 +292,47 @@ def cmd_average(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+SAMPLING_COMMANDS = ("export", "sampling-config")  # take --sampling.KEY=VALUE items
+
+
+def _sampling(document: dict, rest: list[str]):
+    from dlcv.metadata import parse_sampling_overrides, sampling_config
+
+    return parse_sampling_overrides(rest, sampling_config(document))
+
+
+def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
+    from dataclasses import asdict
+
+    from dlcv import checkpoint
+    from dlcv.metadata import command_of
+
+    model, document = checkpoint.load(args.checkpoint)
+    meta = {k: v for k, v in document.items() if k not in ("format", "architecture", "config")}
+    if rest:
+        meta["sampling"] = asdict(_sampling(document, rest))
+    meta["rebuild"] = [*document.get("rebuild", []),
+                       command_of(["export", args.checkpoint, "--out", args.out, *rest])]
+    print(checkpoint.save(model, args.out, meta))
+    return 0
+
+
+def cmd_sampling_config(args: argparse.Namespace, rest: list[str]) -> int:
+    from dataclasses import asdict
+
+    from dlcv import checkpoint
+    from dlcv.metadata import command_of
+
+    document = checkpoint.read_config(args.checkpoint)
+    sampling = asdict(_sampling(document, rest))
+    if not args.show:
+        command = command_of(["sampling-config", args.checkpoint, *rest])
+        checkpoint.update_document(args.checkpoint, lambda d: {
+            **d, "sampling": sampling, "rebuild": [*d.get("rebuild", []), command]})
+    print(json.dumps(sampling, indent=2))
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
-            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average}
+            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average, "export": cmd_export,
+            "sampling-config": cmd_sampling_config}

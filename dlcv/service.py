@@ -130,27 +130,29 @@ def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: to
     from dlcv.diffusion import NoiseSchedule, ScheduleConfig
     from dlcv.sampling import sample_diffusion
 
+    from dlcv.metadata import sampling_config
+
     if document["architecture"] != "unet":
         raise ValueError(f"{document['architecture']} checkpoints do not generate with diffusion; use a unet one")
-    defaults = document.get("sampling", {})
+    s = sampling_config(document, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                        guidance_interval=guidance_interval, uncond_every=uncond_every)
     schedule = NoiseSchedule(from_dict(ScheduleConfig, document["schedule"]))
-    return sample_diffusion(model, schedule, labels, seed=seed, sampler=sampler or defaults.get("sampler", "ddim"),
-                            steps=steps or defaults.get("steps", 50),
-                            eta=defaults.get("eta", 0.0) if eta is None else eta,
-                            guidance=defaults.get("guidance", 0.0) if guidance is None else guidance,
-                            guidance_interval=guidance_interval or _interval(defaults.get("guidance_interval")),
-                            uncond_every=uncond_every or int(defaults.get("uncond_every", 1)),
-                            keep=keep, progress=progress)
+    return sample_diffusion(model, schedule, labels, seed=seed, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                            guidance=s.guidance, guidance_interval=s.guidance_interval,
+                            uncond_every=s.uncond_every, keep=keep, progress=progress)
+
+
+def sampling_defaults(document: dict[str, Any]):
+    """The checkpoint's SamplingConfig (dlcv.metadata.sampling_config): what the demo's widgets start from."""
+    from dlcv.metadata import sampling_config
+
+    return sampling_config(document)
 
 
 def _refuse_options(options: dict[str, Any], what: str) -> None:
     unused = [k for k, v in options.items() if v is not None]
     if unused:
         raise ValueError(f"{', '.join(unused)} apply to diffusion checkpoints only; drop them for {what}")
-
-
-def _interval(value: Any) -> tuple[int, int] | None:
-    return (int(value[0]), int(value[1])) if value else None
 
 
 def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | None = None, n: int | None = None,
@@ -402,9 +404,10 @@ def digits(model: torch.nn.Module, document: dict[str, Any], digit: int, count: 
         if progress is not None:
             progress(1, 1)
         return images, []
-    defaults = document.get("sampling", {})
-    sampler = sampler or defaults.get("sampler", "ddim")
-    steps = steps or defaults.get("steps", 50)
+    from dlcv.metadata import sampling_config
+
+    resolved = sampling_config(document, sampler=sampler, steps=steps)
+    sampler, steps = resolved.sampler, resolved.steps
     keep = reverse_keep(sampler, steps, document["schedule"]["num_timesteps"], frames)
     images, kept = generate_digits(model, document, labels, seed=seed, sampler=sampler, steps=steps,
                                    guidance=guidance, keep=keep, progress=progress)

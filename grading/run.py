@@ -199,8 +199,9 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     save_grid(grid, out / f"{name}_grid.png", nrow=10)
     model, document = service.load(path)
     if document["architecture"] == "unet":
-        sampling = document.get("sampling", {})
-        steps = ddim_timesteps(document["schedule"]["num_timesteps"], sampling.get("steps", 50))
+        from dlcv.metadata import sampling_config
+
+        steps = ddim_timesteps(document["schedule"]["num_timesteps"], sampling_config(document).steps)
         keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         x0, kept = service.generate_digits(model, document, torch.zeros(1, dtype=torch.long), seed=ctx.seed,
                                            keep=keep)

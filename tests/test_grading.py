@@ -26,8 +26,8 @@ def make_checkpoints(root: Path) -> Path:
     """Tiny versions of every shipped generator and two UDA models for mnistm -> usps."""
     from dlcv import checkpoint
     from dlcv.models import build_model
-    from dlcv.models.classifier import ClassifierConfig
     from dlcv.models.gan import GeneratorConfig
+    from dlcv.models.uda import UDANetConfig
     from dlcv.models.unet import UNetConfig
 
     face = GeneratorConfig(z_dim=8, image_size=64, width=4)
@@ -44,7 +44,7 @@ def make_checkpoints(root: Path) -> Path:
                         ("experimental", 0.95)):
         metrics = {"method": method, "source": "mnistm", "target": "usps", "target_test_acc": acc,
                    "oracle_target_test_acc": 0.99, "last_step_target_test_acc": 0.1}  # as training/uda.py records
-        checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), root / f"uda_{method}_mnistm_to_usps",
+        checkpoint.save(build_model("uda_net", UDANetConfig(width=4)), root / f"uda_{method}_mnistm_to_usps",
                  {"metrics": metrics})
     return root
 
