@@ -106,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoint folders")
     avg.add_argument("--out", required=True, help="folder for the averaged checkpoint (new, or a checkpoint)")
 
+    evl = sub.add_parser("evaluate", help="a checkpoint's family metrics: FID/KID (+ Smiling agreement) for face "
+                                          "generators, course-classifier accuracy for digit generators, VAE MSE, "
+                                          "UDA target accuracy; --record writes them into its config.json")
+    evl.add_argument("checkpoint")
+    evl.add_argument("--data", default=default_data_root(), help="course-layout root (default $DLCV_DATA or ./data)")
+    evl.add_argument("--record", action="store_true", help="write the metrics into the checkpoint's config.json")
+    evl.add_argument("--samples", type=int, default=1000, help="generated images (conditional: split over classes)")
+    evl.add_argument("--seed", type=int, default=0, help="image i uses seed + i (independent samples: seeds >= "
+                                                        "--samples apart)")
+    evl.add_argument("--reference-split", default="val", help="faces: compare with face/<split>")
+    evl.add_argument("--judge", default="", help="attribute classifier of a conditional face GAN "
+                                                  "(default checkpoints/smiling_classifier)")
+    evl.add_argument("--classifier", default="", help="the course's digit Classifier.pth (default "
+                                                       "$DLCV_COURSE_CLASSIFIER or ../shared/data/weights/...)")
+    evl.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     exp = sub.add_parser("export", help="copy a checkpoint (e.g. a run's snapshot) to a new folder, optionally with "
                                         "sampling defaults (--sampling.KEY=VALUE); the copy records this command")
     exp.add_argument("checkpoint")
@@ -292,7 +308,23 @@ def cmd_average(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-SAMPLING_COMMANDS = ("export", "sampling-config")  # take --sampling.KEY=VALUE items
+def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.evaluate import EvalOptions, evaluate, record
+
+    options = EvalOptions(samples=args.samples, seed=args.seed, reference_split=args.reference_split,
+                          judge=args.judge, course_classifier=args.classifier, progress=not args.no_progress,
+                          sampling=rest)
+    start = time.perf_counter()
+    metrics = evaluate(args.checkpoint, args.data, options)
+    print(json.dumps(metrics, indent=2))
+    if args.record:
+        record(args.checkpoint, metrics)
+        print(f"recorded in {Path(args.checkpoint) / 'config.json'}")
+    print(f"measured in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+SAMPLING_COMMANDS = ("export", "sampling-config", "evaluate")  # take --sampling.KEY=VALUE items
 
 
 def _sampling(document: dict, rest: list[str]):
@@ -334,5 +366,5 @@ def cmd_sampling_config(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
-            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average, "export": cmd_export,
+            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average, "export": cmd_export, "evaluate": cmd_evaluate,
             "sampling-config": cmd_sampling_config}
