@@ -16,7 +16,10 @@ log = logging.getLogger("dlcv")
 
 
 def _presets_help() -> str:
-    from dlcv.presets import PRESETS
+    try:
+        from dlcv.presets import PRESETS
+    except ImportError as err:  # e.g. `pip install --no-deps .`: the help still shows the commands
+        return f"presets: not listed ({err}; install the dependencies: pip install .)"
 
     lines = [f"  {name:<22} {cfg.family:<11} {cfg.data.dataset}" for name, cfg in sorted(PRESETS.items())]
     return "presets (name, family, data):\n" + "\n".join(lines)
@@ -150,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args, rest)
+    except ImportError as err:
+        print(f"error: {err}; install the dependencies: pip install . (or pip install -r requirements.txt)",
+              file=sys.stderr)
+        return 2
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
