@@ -111,6 +111,14 @@ def test_shipped_checkpoint_fits_the_schema_and_its_rebuild_commands_resolve(fol
     assert metadata.check_rebuild(raw) == []
 
 
+def test_docs_models_lists_every_shipped_checkpoint_with_its_rebuild_commands():
+    text = (ROOT / "docs" / "models.md").read_text()
+    for folder in SHIPPED:
+        assert f"## {folder.name}\n" in text
+        for command in checkpoint.read_config(folder)["rebuild"]:
+            assert command in text, f"{folder.name}: {command}"
+
+
 def test_check_rebuild_catches_a_command_that_does_not_rebuild(tmp_path):
     document = json.loads((ROOT / "checkpoints" / "ddpm_digits" / "config.json").read_text())
     document["rebuild"] = ["python -m dlcv train ddpm_digits --model.base_width=32 --out x"]
