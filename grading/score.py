@@ -49,7 +49,6 @@ DETECTOR_UPSCALE = 4
 DETECTOR = (f"dlib HOG frontal face detector (dlib.get_frontal_face_detector, the one behind face_recognition's "
             f"model='hog'), faces bilinear-upscaled {DETECTOR_UPSCALE}x; a sample counts when exactly one face "
             f"is found")
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Invalid(Exception):
@@ -68,12 +67,9 @@ def listing(names: list[str], limit: int = MAX_LISTED) -> str:
 
 def course_classifier_path(given: str | None = None) -> Path:
     """--classifier, else $DLCV_COURSE_CLASSIFIER, else $DLCV_SHARED_DATA/weights/..., else ../shared/data/weights/."""
-    if given:
-        return Path(given)
-    if os.environ.get("DLCV_COURSE_CLASSIFIER"):
-        return Path(os.environ["DLCV_COURSE_CLASSIFIER"])
-    shared = Path(os.environ.get("DLCV_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return shared / "weights" / "dlcv_digit_classifier.pth"
+    from dlcv.evaluate import course_classifier_path as default  # the one default, shared with `dlcv evaluate`
+
+    return Path(given) if given else default()
 
 
 # ---------------------------------------------------------------- image folders
