@@ -21,8 +21,9 @@ from PIL import Image
 
 from dlcv import catalog as model_catalog
 from dlcv import checkpoint, hub
-from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401 (the
-                          SMILING_CLASSIFIER, SMILING_GAN)  # demo pages read the roles through the service)
+# the demo pages read the roles through the service
+from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401
+                          SMILING_CLASSIFIER, SMILING_GAN)
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
