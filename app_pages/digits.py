@@ -17,7 +17,7 @@ with diffusion_tab:
     loaded = common.get_model(service.DIGIT_DIFFUSION)
     if loaded:
         model, document, _ = loaded
-        defaults = document.get("sampling", {})
+        defaults = service.sampling_defaults(document)
         with st.form("digits_diffusion"):
             left, mid, right = st.columns(3)
             digit = left.selectbox("digit", list(range(10)), index=3)
@@ -25,7 +25,7 @@ with diffusion_tab:
             with right:
                 seed = common.seed_input("ddpm_seed")
             left, mid, right = st.columns(3)
-            guidance = left.slider("guidance weight w", 0.0, 8.0, float(defaults.get("guidance", 3.0)), 0.5,
+            guidance = left.slider("guidance weight w", 0.0, 8.0, float(defaults.guidance), 0.5,
                                    key="ddpm_guidance",
                                    help="classifier-free guidance: eps = (1 + w) eps(x, y) - w eps(x); 0 = none")
             sampler = mid.radio("sampler", ["ddim", "ddpm"], horizontal=True,
@@ -66,7 +66,7 @@ with gan_tab:
     loaded = common.get_model(service.DIGIT_GAN)
     if loaded:
         model, document, info = loaded
-        accuracy = info.metrics.get("accuracy")
+        accuracy = info.metrics.get("digit_accuracy")
         if accuracy is not None:
             st.caption(f"course-classifier accuracy of this checkpoint: {accuracy}")
         with st.form("digits_gan"):

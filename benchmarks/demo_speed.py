@@ -93,7 +93,7 @@ def main() -> None:
         print(f"| 16 faces, {name} | {seconds:.3f} | 1 |", flush=True)
     if service.DIGIT_DIFFUSION in catalog.models:
         model, document = service.load(catalog.models[service.DIGIT_DIFFUSION].path)
-        w = document.get("sampling", {}).get("guidance", 0.0)
+        w = service.sampling_defaults(document).guidance
         seconds = timed(lambda: service.digits(model, document, 3, 10, seed=0, sampler="ddim", steps=25))
         print(f"| 10 digits, {service.DIGIT_DIFFUSION} DDIM-25, w = {w}, with the reverse-process frames "
               f"| {seconds:.3f} | 3 |")

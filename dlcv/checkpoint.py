@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_model
 
+from dlcv import metadata
 from dlcv.config import from_dict, to_dict
 from dlcv.fileio import atomic_dir, recover
 from dlcv.models import architecture_of, build_model, model_config_class
@@ -62,6 +63,7 @@ def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | 
     document = {"format": FORMAT, "architecture": architecture_of(config), "config": to_dict(config)}
     document.update(meta or {})
     directory = Path(directory)
+    check_metadata(document, directory / CONFIG_NAME)
     with atomic_dir(directory) as tmp:
         save_model(model, str(tmp / WEIGHTS_NAME))  # handles tied weights, unlike save_file
         (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
@@ -83,7 +85,18 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
                               f"re-download or re-save the checkpoint")
     if document.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {document.get('format')!r}; this dlcv reads format {FORMAT}")
+    document = metadata.upgrade(document)
+    check_metadata(document, path)
     return document
+
+
+def check_metadata(document: dict[str, Any], path: Path) -> None:
+    """CheckpointError unless metrics, sampling and rebuild fit dlcv.metadata's schema."""
+    try:
+        metadata.check_document(document, str(path))
+    except metadata.MetadataError as err:
+        raise CheckpointError(f"{err}; fix that entry of {path.name} (or measure again with `python -m dlcv "
+                              f"evaluate {path.parent} --record`)") from None
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -203,13 +216,23 @@ def load_course_classifier(path: str | os.PathLike) -> Classifier:
     return model.eval()
 
 
-def update_metrics(directory: str | os.PathLike, metrics: dict[str, Any]) -> None:
-    """Merge measured metrics into a checkpoint's config.json (atomic rewrite; the weights are untouched)."""
+def update_metrics(directory: str | os.PathLike, metrics: dict[str, Any], replace: bool = False) -> None:
+    """Merge (or, with replace, set) measured metrics into a checkpoint's config.json, checked against the schema
+    first (atomic rewrite; the weights are untouched)."""
+    update_document(directory, lambda document: {
+        **document, "metrics": metadata.clean_metrics({**({} if replace else document.get("metrics") or {}),
+                                                       **metrics})})
+
+
+def update_document(directory: str | os.PathLike, change) -> dict[str, Any]:
+    """Rewrite a checkpoint's config.json as change(document), checked against the schema (atomic; weights untouched)."""
     from dlcv.fileio import atomic_write_text
 
-    document = read_config(directory)
-    document.setdefault("metrics", {}).update(metrics)
-    atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(document, indent=2) + "\n")
+    path = Path(directory) / CONFIG_NAME
+    document = change(read_config(directory))
+    check_metadata(document, path)
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    return document
 
 
 def average(directories: list[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -242,4 +265,6 @@ def average(directories: list[str | os.PathLike], out: str | os.PathLike) -> Pat
     model.load_state_dict(averaged, strict=True)
     meta = {k: v for k, v in documents[-1].items() if k not in ("format", "architecture", "config", "metrics")}
     meta["averaged_from"] = [str(d) for d in directories]
+    meta["rebuild"] = [*documents[-1].get("rebuild", []),
+                       metadata.command_of(["average", *map(str, directories), "--out", str(out)])]
     return save(model, out, meta)

@@ -16,7 +16,10 @@ log = logging.getLogger("dlcv")
 
 
 def _presets_help() -> str:
-    from dlcv.presets import PRESETS
+    try:
+        from dlcv.presets import PRESETS
+    except ImportError as err:  # e.g. `pip install --no-deps .`: the help still shows the commands
+        return f"presets: not listed ({err}; install the dependencies: pip install .)"
 
     lines = [f"  {name:<22} {cfg.family:<11} {cfg.data.dataset}" for name, cfg in sorted(PRESETS.items())]
     return "presets (name, family, data):\n" + "\n".join(lines)
@@ -117,6 +120,33 @@ def build_parser() -> argparse.ArgumentParser:
     avg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoint folders")
     avg.add_argument("--out", required=True, help="folder for the averaged checkpoint (new, or a checkpoint)")
 
+    evl = sub.add_parser("evaluate", help="a checkpoint's family metrics: FID/KID (+ Smiling agreement) for face "
+                                          "generators, course-classifier accuracy for digit generators, VAE MSE, "
+                                          "UDA target accuracy; --record writes them into its config.json")
+    evl.add_argument("checkpoint")
+    evl.add_argument("--data", default=default_data_root(), help="course-layout root (default $DLCV_DATA or ./data)")
+    evl.add_argument("--record", action="store_true", help="write the metrics into the checkpoint's config.json")
+    evl.add_argument("--samples", type=int, default=1000, help="generated images (conditional: split over classes)")
+    evl.add_argument("--seed", type=int, default=0, help="image i uses seed + i (independent samples: seeds >= "
+                                                        "--samples apart)")
+    evl.add_argument("--reference-split", default="val", help="faces: compare with face/<split>")
+    evl.add_argument("--judge", default="", help="attribute classifier of a conditional face GAN "
+                                                  "(default checkpoints/smiling_classifier)")
+    evl.add_argument("--classifier", default="", help="the course's digit Classifier.pth (default "
+                                                       "$DLCV_COURSE_CLASSIFIER or ../shared/data/weights/...)")
+    evl.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    exp = sub.add_parser("export", help="copy a checkpoint (e.g. a run's snapshot) to a new folder, optionally with "
+                                        "sampling defaults (--sampling.KEY=VALUE); the copy records this command")
+    exp.add_argument("checkpoint")
+    exp.add_argument("--out", required=True, help="folder for the copy (new, or a checkpoint)")
+
+    scfg = sub.add_parser("sampling-config", help="set a checkpoint's sampling defaults in place: "
+                                                  "--sampling.guidance=4 --sampling.uncond_every=2 ... (others keep "
+                                                  "their values; the checkpoint records this command)")
+    scfg.add_argument("checkpoint")
+    scfg.add_argument("--show", action="store_true", help="print the resolved sampling defaults and exit")
+
     pred = sub.add_parser("predict", help="write image_name,label for every image in a folder")
     pred.add_argument("checkpoint")
     pred.add_argument("--images", required=True, help="folder of images (sorted by name)")
@@ -130,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if rest and args.command != "train":
+    if rest and args.command not in ("train", *SAMPLING_COMMANDS):
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args, rest)
+    except ImportError as err:
+        print(f"error: {err}; install the dependencies: pip install . (or pip install -r requirements.txt)",
+              file=sys.stderr)
+        return 2
     except OSError as err:  # a path that is a folder, a file, unreadable, or a full disk
         from dlcv.fileio import describe_os_error
 
@@ -179,15 +213,25 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.fresh and (run_dir(cfg) / STATE_NAME).exists():
         shutil.rmtree(run_dir(cfg))
     out = train(cfg, out=args.out)
+    _record_train_command(out, args.preset, rest)
     print(f"checkpoint written to {out}")
     return 0
+
+
+def _record_train_command(out, preset: str, overrides: list[str]) -> None:
+    """The checkpoint's rebuild list starts with the command that trained it."""
+    from dlcv import checkpoint
+    from dlcv.metadata import train_command
+
+    command = train_command(preset, overrides, str(out))
+    checkpoint.update_document(out, lambda d: {**d, "rebuild": [command]})
 
 
 CLASSIFIERS = ("classifier", "uda_net")  # the architectures that eval and predict can use
 
 
 def _load_classifier(path: str):
-    from dlcv import checkpoint, hub
+    from dlcv import checkpoint
 
     if Path(path).is_file():
         return checkpoint.load_course_classifier(path)
@@ -290,5 +334,63 @@ def cmd_average(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv.evaluate import EvalOptions, evaluate, record
+
+    options = EvalOptions(samples=args.samples, seed=args.seed, reference_split=args.reference_split,
+                          judge=args.judge, course_classifier=args.classifier, progress=not args.no_progress,
+                          sampling=rest)
+    start = time.perf_counter()
+    metrics = evaluate(args.checkpoint, args.data, options)
+    print(json.dumps(metrics, indent=2))
+    if args.record:
+        record(args.checkpoint, metrics)
+        print(f"recorded in {Path(args.checkpoint) / 'config.json'}")
+    print(f"measured in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+SAMPLING_COMMANDS = ("export", "sampling-config", "evaluate")  # take --sampling.KEY=VALUE items
+
+
+def _sampling(document: dict, rest: list[str]):
+    from dlcv.metadata import parse_sampling_overrides, sampling_config
+
+    return parse_sampling_overrides(rest, sampling_config(document))
+
+
+def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
+    from dataclasses import asdict
+
+    from dlcv import checkpoint
+    from dlcv.metadata import command_of
+
+    model, document = checkpoint.load(args.checkpoint)
+    meta = {k: v for k, v in document.items() if k not in ("format", "architecture", "config")}
+    if rest:
+        meta["sampling"] = asdict(_sampling(document, rest))
+    meta["rebuild"] = [*document.get("rebuild", []),
+                       command_of(["export", args.checkpoint, "--out", args.out, *rest])]
+    print(checkpoint.save(model, args.out, meta))
+    return 0
+
+
+def cmd_sampling_config(args: argparse.Namespace, rest: list[str]) -> int:
+    from dataclasses import asdict
+
+    from dlcv import checkpoint
+    from dlcv.metadata import command_of
+
+    document = checkpoint.read_config(args.checkpoint)
+    sampling = asdict(_sampling(document, rest))
+    if not args.show:
+        command = command_of(["sampling-config", args.checkpoint, *rest])
+        checkpoint.update_document(args.checkpoint, lambda d: {
+            **d, "sampling": sampling, "rebuild": [*d.get("rebuild", []), command]})
+    print(json.dumps(sampling, indent=2))
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
-            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average}
+            "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average, "export": cmd_export, "evaluate": cmd_evaluate,
+            "sampling-config": cmd_sampling_config}

@@ -75,7 +75,9 @@ def diffusion_figures(model: torch.nn.Module, document: dict, out: Path, name: s
     from dlcv.service import generate_digits
 
     labels = torch.arange(model.config.num_classes).repeat_interleave(10)
-    steps = document.get("sampling", {}).get("steps", 50)
+    from dlcv.metadata import sampling_config
+
+    steps = sampling_config(document).steps
     num_timesteps = document["schedule"]["num_timesteps"]
     from dlcv.diffusion import ddim_timesteps
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from dlcv.diffusion import NoiseSchedule, ddim_step, ddim_timesteps, ddpm_step, guided_eps
+from dlcv.metadata import SamplingConfig
 from dlcv.runtime import autocast
 
 
@@ -46,10 +47,12 @@ def predict_eps_parts(model: nn.Module, x_t: torch.Tensor, t: int, labels: torch
 
 @torch.no_grad()
 def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, seed: int = 0,
-                     sampler: str = "ddim", steps: int = 50, eta: float = 0.0, guidance: float = 2.0,
+                     sampler: str = SamplingConfig.sampler, steps: int = SamplingConfig.steps,
+                     eta: float = SamplingConfig.eta, guidance: float = SamplingConfig.guidance,
                      batch_size: int = 200, device: str | torch.device = "cpu", amp: bool = True,
                      keep: tuple[int, ...] = (), progress: Callable[[int, int], None] | None = None,
-                     guidance_interval: tuple[int, int] | None = None, uncond_every: int = 1,
+                     guidance_interval: tuple[int, int] | None = None,
+                     uncond_every: int = SamplingConfig.uncond_every,
                      ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Generate one image per label, in [-1, 1] on the CPU (N, C, H, W).
 

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dlcv import catalog as model_catalog
 from dlcv import checkpoint, hub
-from dlcv.data.digits import GREY_DOMAINS, UDA_PAIRS
+# the demo pages read the roles through the service
+from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401
+                          SMILING_CLASSIFIER, SMILING_GAN)
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
@@ -129,27 +132,29 @@ def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: to
     from dlcv.diffusion import NoiseSchedule, ScheduleConfig
     from dlcv.sampling import sample_diffusion
 
+    from dlcv.metadata import sampling_config
+
     if document["architecture"] != "unet":
         raise ValueError(f"{document['architecture']} checkpoints do not generate with diffusion; use a unet one")
-    defaults = document.get("sampling", {})
+    s = sampling_config(document, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                        guidance_interval=guidance_interval, uncond_every=uncond_every)
     schedule = NoiseSchedule(from_dict(ScheduleConfig, document["schedule"]))
-    return sample_diffusion(model, schedule, labels, seed=seed, sampler=sampler or defaults.get("sampler", "ddim"),
-                            steps=steps or defaults.get("steps", 50),
-                            eta=defaults.get("eta", 0.0) if eta is None else eta,
-                            guidance=defaults.get("guidance", 0.0) if guidance is None else guidance,
-                            guidance_interval=guidance_interval or _interval(defaults.get("guidance_interval")),
-                            uncond_every=uncond_every or int(defaults.get("uncond_every", 1)),
-                            keep=keep, progress=progress)
+    return sample_diffusion(model, schedule, labels, seed=seed, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                            guidance=s.guidance, guidance_interval=s.guidance_interval,
+                            uncond_every=s.uncond_every, keep=keep, progress=progress)
+
+
+def sampling_defaults(document: dict[str, Any]):
+    """The checkpoint's SamplingConfig (dlcv.metadata.sampling_config): what the demo's widgets start from."""
+    from dlcv.metadata import sampling_config
+
+    return sampling_config(document)
 
 
 def _refuse_options(options: dict[str, Any], what: str) -> None:
     unused = [k for k, v in options.items() if v is not None]
     if unused:
         raise ValueError(f"{', '.join(unused)} apply to diffusion checkpoints only; drop them for {what}")
-
-
-def _interval(value: Any) -> tuple[int, int] | None:
-    return (int(value[0]), int(value[1])) if value else None
 
 
 def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | None = None, n: int | None = None,
@@ -195,16 +200,6 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
 
 # ---------------------------------------------------------------- which checkpoints the demo can use
 
-FACE_GAN_ORDER = ("dcgan_faces", "sngan_faces", "wgan_gp_faces")  # method A, method B, then any other face GAN
-SMILING_GAN = "acgan_faces"  # ACGAN on faces, label 1 = Smiling
-FACE_VAE = "vae_faces"
-SMILING_CLASSIFIER = "smiling_classifier"
-DIGIT_DIFFUSION = "ddpm_digits"
-DIGIT_GAN = "acgan_digits"
-UDA_NAME = re.compile(r"^uda_(?P<method>\w+?)_(?P<source>[a-z0-9]+)_to_(?P<target>[a-z0-9]+)$")
-UDA_METHOD_ORDER = ("source_only", "dann")  # then the improved method(s), by name
-
-
 class ModelMissing(LookupError):
     """A checkpoint the demo wants is not there; the message says how to get it."""
 
@@ -230,18 +225,10 @@ class Catalog:
         return sorted(found, key=lambda m: (order.get(m.name, len(order)), m.name))
 
     def uda_pairs(self) -> dict[str, dict[str, ModelInfo]]:
-        """UDA checkpoints uda_<method>_<source>_to_<target> grouped as {"source -> target": {method: info}}, pairs in
-        issue 5's order (UDA_PAIRS), methods in the order source_only, dann, then the rest."""
-        pairs: dict[str, dict[str, ModelInfo]] = {}
-        for name in sorted(self.models):
-            match = UDA_NAME.match(name)
-            if match:
-                pairs.setdefault(f"{match['source']}{PAIR_SEPARATOR}{match['target']}", {})[match["method"]] = self.models[name]
-        order = {m: i for i, m in enumerate(UDA_METHOD_ORDER)}
-        pair_order = {f"{s}{PAIR_SEPARATOR}{t}": i for i, (s, t) in enumerate(UDA_PAIRS)}  # the course's pair first
-        return {pair: dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-                for pair, methods in sorted(pairs.items(), key=lambda kv: (pair_order.get(kv[0], len(pair_order)),
-                                                                           kv[0]))}
+        """UDA checkpoints grouped as {"source -> target": {method: info}}: pairs and methods in the catalog's order
+        (dlcv.catalog.uda_pairs)."""
+        return {f"{pair.source}{PAIR_SEPARATOR}{pair.target}": {m: self.models[n] for m, n in pair.methods.items()}
+                for pair in model_catalog.uda_pairs(self.models).values()}
 
 
 PAIR_SEPARATOR = " -> "  # the demo's pair labels: "source -> target"
@@ -257,8 +244,10 @@ def missing_note(name: str) -> str:
     where = f"{checkpoints_root()}/{name}"
     repos = hub_repos()
     hub_part = f" or in the Hub repos ({', '.join(repos)})" if repos else ""
-    if UDA_NAME.match(name):
-        how = "train it with `python -m dlcv train <uda preset> --out checkpoints/<name>`"
+    uda = model_catalog.parse_uda_name(name)
+    if uda:
+        how = (f"train it with `python -m dlcv train uda_{uda.method} --data.domain={uda.source} "
+               f"--data.target_domain={uda.target} --out checkpoints/{name}`")
     else:
         how = f"train it with `python -m dlcv train {name} --out checkpoints/{name}`"
     return f"`{name}` is not available (no checkpoint in {where}{hub_part}); {how}, or pull it with " \
@@ -417,9 +406,10 @@ def digits(model: torch.nn.Module, document: dict[str, Any], digit: int, count: 
         if progress is not None:
             progress(1, 1)
         return images, []
-    defaults = document.get("sampling", {})
-    sampler = sampler or defaults.get("sampler", "ddim")
-    steps = steps or defaults.get("steps", 50)
+    from dlcv.metadata import sampling_config
+
+    resolved = sampling_config(document, sampler=sampler, steps=steps)
+    sampler, steps = resolved.sampler, resolved.steps
     keep = reverse_keep(sampler, steps, document["schedule"]["num_timesteps"], frames)
     images, kept = generate_digits(model, document, labels, seed=seed, sampler=sampler, steps=steps,
                                    guidance=guidance, keep=keep, progress=progress)

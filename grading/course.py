@@ -9,37 +9,31 @@ import sys
 import time
 from pathlib import Path
 
-from dlcv import service
+from dlcv import catalog, service
 from grading.run import (DIGIT_MODELS, FACE_MODELS, N_FACES, PER_CLASS, Missing, checkpoint_path, predict_folder,
                          uda_checkpoints, write_predictions)
 
-# longest first, so "mnistm" is not read as "mnist"
-KNOWN_DOMAINS = ("mnistm_synth", "mnistm", "mnist", "usps", "svhn")
 
-
-def domain_in_path(path: str | Path, known: tuple[str, ...] = KNOWN_DOMAINS) -> str:
-    """The target domain a path names: the last component equal to a domain, else the last one containing one
-    (hw2_data/digits/usps/data -> usps; /tmp/svhn_test -> svhn)."""
-    parts = [p.lower() for p in Path(path).absolute().parts]
-    for part in reversed(parts):
-        if part in known:
-            return part
-    for part in reversed(parts):
-        for domain in known:
-            if domain in part:
-                return domain
-    raise ValueError(f"{path} names no target domain; put one of {', '.join(known)} in the path "
-                     f"(e.g. hw2_data/digits/usps/data)")
+def domain_in_path(path: str | Path) -> str:
+    """The target domain a path names (dlcv.catalog.domain_in_path: hw2_data/digits/usps/data -> usps;
+    /tmp/svhn_test -> svhn), or a ValueError naming the domains to put in it."""
+    domain = catalog.domain_in_path(Path(path).absolute().parts)
+    if domain is None:
+        raise ValueError(f"{path} names no target domain; put one of {', '.join(catalog.DOMAINS)} in the path "
+                         f"(e.g. hw2_data/digits/usps/data)")
+    return domain
 
 
 def pick_uda_checkpoint(root: Path, target: str, source: str = "mnistm") -> Path:
-    """The best shipped uda_<method>_<source>_to_<target> (from `source` when several sources reach `target`)."""
-    pairs = {pair: found for pair, found in uda_checkpoints(root).items() if pair[1] == target}
+    """The shipped model of uda_<method>_<source>_to_<target> (from `source` when several sources reach `target`,
+    else the first pair in the catalog's order)."""
+    pairs = {pair: found for pair, found in uda_checkpoints(root).items() if pair[1] == target and found.shipped}
     if not pairs:
         raise Missing(f"no adaptation checkpoint for target {target!r} under {root} "
-                      f"(expected uda_<method>_<source>_to_{target}); train one or pick another target")
-    pair = (source, target) if (source, target) in pairs else sorted(pairs)[0]
-    return pairs[pair][0][1]
+                      f"(expected uda_<method>_<source>_to_{target} with a method of "
+                      f"{', '.join(catalog.SHIP_RANK)}); train one or pick another target")
+    pair = (source, target) if (source, target) in pairs else next(iter(pairs))
+    return root / pairs[pair].shipped
 
 
 def hw2_1(out: str, which: str = "b", seed: int = 0) -> str:

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import platform
-import re
 import shutil
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from dlcv import checkpoint, service
+from dlcv import catalog, checkpoint, service
 from dlcv.config import default_data_root
 from dlcv.data.digits import write_predictions
 from dlcv.fileio import atomic_write_text
@@ -36,13 +35,10 @@ log = logging.getLogger(__name__)
 PARTS = ("faces", "digits", "adaptation")
 N_FACES = 1000
 PER_CLASS = 100  # digits: 10 classes x 100 = 1000 files {d}_{001..100}.png
-# output folder -> shipped checkpoint. GAN A is the course's DCGAN, GAN B the improved method (SNGAN).
-FACE_MODELS = {"gan_a": "dcgan_faces", "gan_b": "sngan_faces"}
-FACE_FIGURE_MODELS = ("dcgan_faces", "sngan_faces", "acgan_faces", "vae_faces")
-DIGIT_MODELS = {"acgan": "acgan_digits", "diffusion": "ddpm_digits"}
-# UDA checkpoints are named uda_<method>_<source>_to_<target>; per pair the best-ranked method is used
-UDA_PATTERN = re.compile(r"^uda_(?P<method>.+?)_(?P<source>[a-z0-9]+(?:_synth)?)_to_(?P<target>[a-z0-9]+(?:_synth)?)$")
-METHOD_RANK = {"dann": 1, "source_only": 2, "target_only": 3}  # any other method is an improved one: rank 0
+FACE_MODELS = {"gan_a": catalog.GAN_A, "gan_b": catalog.GAN_B}  # output folder -> shipped checkpoint
+FACE_FIGURE_MODELS = (catalog.GAN_A, catalog.GAN_B, catalog.SMILING_GAN, catalog.FACE_VAE)
+DIGIT_MODELS = {"acgan": catalog.DIGIT_GAN, "diffusion": catalog.DIGIT_DIFFUSION}
+TARGET_ACCURACY = "target_test_acc"  # the one metric a UDA checkpoint is graded by (dlcv.metadata's UDA schema)
 
 
 @dataclass
@@ -203,8 +199,9 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     save_grid(grid, out / f"{name}_grid.png", nrow=10)
     model, document = service.load(path)
     if document["architecture"] == "unet":
-        sampling = document.get("sampling", {})
-        steps = ddim_timesteps(document["schedule"]["num_timesteps"], sampling.get("steps", 50))
+        from dlcv.metadata import sampling_config
+
+        steps = ddim_timesteps(document["schedule"]["num_timesteps"], sampling_config(document).steps)
         keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         x0, kept = service.generate_digits(model, document, torch.zeros(1, dtype=torch.long), seed=ctx.seed,
                                            keep=keep)
@@ -214,35 +211,17 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     entry.message = "figures command unavailable; wrote the grid (and reverse strip) with dlcv.viz"
 
 
-def uda_checkpoints(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
-    """(source, target) -> [(method, folder)] of the uda_* checkpoints, best first: an improved method, then DANN,
-    then source-only, then target-only (it reads target labels); ties go to the higher recorded target accuracy.
-    Method and domains come from the recorded metrics, else from the name uda_<method>_<source>_to_<target>."""
-    pairs: dict[tuple[str, str], list[tuple[str, Path, float]]] = {}
-    for folder in sorted(root.glob("uda_*")) if root.is_dir() else []:
-        if not (folder / checkpoint.WEIGHTS_NAME).is_file():
-            continue
-        try:
-            metrics = checkpoint.read_config(folder).get("metrics", {})
-        except checkpoint.CheckpointError:
-            metrics = {}
-        match = UDA_PATTERN.match(folder.name)
-        named = match.groupdict() if match else {}
-        method, source, target = (metrics.get(k) or named.get(k) for k in ("method", "source", "target"))
-        if not (method and source and target):
-            continue
-        pairs.setdefault((source, target), []).append((method, folder, target_accuracy(metrics) or 0.0))
-    return {pair: [(m, f) for m, f, _ in sorted(found, key=lambda c: (METHOD_RANK.get(c[0], 0), -c[2], c[1].name))]
-            for pair, found in pairs.items()}
+def uda_checkpoints(root: Path) -> dict[tuple[str, str], catalog.UDAPair]:
+    """The uda_<method>_<source>_to_<target> folders with weights under `root`, grouped by pair
+    (dlcv.catalog.uda_pairs); each pair's `shipped` is the model hw_run and hw2_3 use."""
+    names = [f.name for f in root.glob("uda_*") if (f / checkpoint.WEIGHTS_NAME).is_file()] if root.is_dir() else []
+    return catalog.uda_pairs(names)
 
 
 def target_accuracy(metrics: dict[str, Any]) -> float | None:
-    """The recorded target-test accuracy of a UDA checkpoint (of the model it ships: not the oracle-selected or
-    last-step figures), else its target-val accuracy."""
-    for key in ("target_test_acc", "target_test_accuracy", "target_accuracy", "target_val_acc"):
-        if isinstance(metrics.get(key), (int, float)):
-            return float(metrics[key])
-    return None
+    """The recorded target-test accuracy of a UDA checkpoint (of the weights it ships)."""
+    value = metrics.get(TARGET_ACCURACY)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def target_images(data: Path, domain: str) -> tuple[Path, list[str], str]:
@@ -281,8 +260,16 @@ def part_adaptation(ctx: Context) -> list[Entry]:
                           f"{ctx.checkpoints}/uda_<method>_<source>_to_<target>)")
         return [run_entry(Entry(output="adaptation"), nothing_shipped)]
     entries = []
-    for (source, target), candidates in sorted(pairs.items()):
-        method, path = candidates[0]
+    for (source, target), pair in pairs.items():
+        candidates = {name: {"method": method, **_metrics(ctx.checkpoints / name)}
+                      for method, name in pair.methods.items()}
+        if pair.shipped is None:
+            def unranked(entry: Entry, pair=pair) -> None:
+                raise Missing(f"no ranked method among {sorted(pair.methods)} for {pair.source} -> {pair.target}; "
+                              f"ship one of {', '.join(catalog.SHIP_RANK)}")
+            entries.append(run_entry(Entry(output=f"adaptation/{catalog.pair_name(source, target)}.csv"), unranked))
+            continue
+        path = ctx.checkpoints / pair.shipped
 
         def work(entry: Entry, source=source, target=target, path=path, candidates=candidates) -> None:
             record_checkpoint(entry, path)
@@ -290,8 +277,8 @@ def part_adaptation(ctx: Context) -> list[Entry]:
             write_predictions(ctx.out / entry.output, names, predict_folder(path, folder, names))
             entry.files = 1
             entry.details = {"source": source, "target": target, "images": chosen_by, "n": len(names),
-                             "candidates": {p.name: {"method": m, **_metrics(p)} for m, p in candidates}}
-        entries.append(run_entry(Entry(output=f"adaptation/{source}_to_{target}.csv"), work))
+                             "candidates": candidates}
+        entries.append(run_entry(Entry(output=f"adaptation/{catalog.pair_name(source, target)}.csv"), work))
         rel = f"adaptation/figures/{path.name}"
         figures = figures_entry(path.name, rel, ctx)
         if figures.status == "failed":  # this dlcv's figures command draws no UDA t-SNE: draw it here

@@ -50,7 +50,6 @@ DETECTOR_UPSCALE = 4
 DETECTOR = (f"dlib HOG frontal face detector (dlib.get_frontal_face_detector, the one behind face_recognition's "
             f"model='hog'), faces bilinear-upscaled {DETECTOR_UPSCALE}x; a sample counts when exactly one face "
             f"is found")
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Invalid(Exception):
@@ -69,12 +68,9 @@ def listing(names: list[str], limit: int = MAX_LISTED) -> str:
 
 def course_classifier_path(given: str | None = None) -> Path:
     """--classifier, else $DLCV_COURSE_CLASSIFIER, else $DLCV_SHARED_DATA/weights/..., else ../shared/data/weights/."""
-    if given:
-        return Path(given)
-    if os.environ.get("DLCV_COURSE_CLASSIFIER"):
-        return Path(os.environ["DLCV_COURSE_CLASSIFIER"])
-    shared = Path(os.environ.get("DLCV_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return shared / "weights" / "dlcv_digit_classifier.pth"
+    from dlcv.evaluate import course_classifier_path as default  # the one default, shared with `dlcv evaluate`
+
+    return Path(given) if given else default()
 
 
 # ---------------------------------------------------------------- image folders
@@ -347,9 +343,6 @@ def score_predictions(path: Path, truth: dict[str, int]) -> dict[str, Any]:
             "missing": missing, "unknown": unknown, "not_integer": not_integer}
 
 
-PAIR_NAME = re.compile(r"^(?P<source>[a-z0-9_]+?)_to_(?P<target>[a-z0-9_]+)\.csv$")
-
-
 def score_adaptation(out: Path, data: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Every adaptation/*.csv plus those the manifest says were written (a missing one scores zero)."""
     folder = out / "adaptation"
@@ -378,20 +371,22 @@ def score_adaptation(out: Path, data: Path, manifest: dict[str, Any]) -> dict[st
                                   "checkpoint": entry.get("checkpoint", ""),
                                   "candidates": entry.get("details", {}).get("candidates", {})}
         part["pairs"][name] = result
-        match = PAIR_NAME.match(name)
-        if match is None:
+        from dlcv.catalog import parse_pair_name
+
+        pair = parse_pair_name(name.removesuffix(".csv")) if name.endswith(".csv") else None
+        if pair is None:
             result.update(status="invalid", score=0.0, accuracy=0.0,
                           problems=[f"{name} is not named <source>_to_<target>.csv (e.g. mnistm_to_usps.csv)"])
             continue
-        result.update(source=match["source"], target=match["target"])
+        result.update(source=pair[0], target=pair[1])
         if entry and entry.get("status") != "ok":
             result["notes"].append(f"hw_run: {entry.get('status')}: {entry.get('message')}")
         try:
-            truth, labels_from = load_truth(data, match["target"])
+            truth, labels_from = load_truth(data, pair[1])
         except Exception as err:  # noqa: BLE001 - grader-side: no labelled split in DATA
             result.update(status="incomplete", notes=result["notes"] + [f"not scored: {err}"])
             continue
-        result["labels_from"] = f"digits/{match['target']}/{labels_from}"
+        result["labels_from"] = f"digits/{pair[1]}/{labels_from}"
         try:
             scored = score_predictions(folder / name, truth)
         except Invalid as err:
@@ -518,15 +513,16 @@ def _lines(result: dict[str, Any], label: str) -> list[str]:
 
 
 def course_row(candidates: dict[str, Any]) -> dict[str, str]:
-    """Lower bound / DANN / improved / upper bound as recorded by the shipped checkpoints of one pair."""
+    """Lower bound / DANN / improved / upper bound as recorded by the shipped checkpoints of one pair (slots from
+    dlcv.catalog.METHOD_SLOT; the best-ranked method of a slot first; an unknown method fills no slot)."""
+    from dlcv.catalog import METHOD_SLOT, method_rank
     from grading.run import target_accuracy
 
     row = {"lower": "-", "dann": "-", "improved": "-", "upper": "-"}
-    for name, info in candidates.items():
+    for info in sorted(candidates.values(), key=lambda i: method_rank(i.get("method", ""))):
         method, metrics = info.get("method", ""), info.get("metrics", {}) or {}
-        acc = target_accuracy(metrics)
-        slot = {"source_only": "lower", "target_only": "upper", "dann": "dann"}.get(method, "improved")
-        if acc is not None and row[slot] == "-":
+        acc, slot = target_accuracy(metrics), METHOD_SLOT.get(method)
+        if slot and acc is not None and row[slot] == "-":
             row[slot] = f"{acc:.3f}" + (f" ({method})" if slot == "improved" else "")
     return row
 

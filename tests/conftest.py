@@ -103,7 +103,7 @@ def tmp_ckpt(tmp_path: Path) -> Path:
     from dlcv import checkpoint
     from dlcv.models.classifier import Classifier, ClassifierConfig
 
-    return checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt", {"metrics": {"x": 1}})
+    return checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt", {"metrics": {"val_accuracy": 0.5}})
 
 
 def write_faces(root: Path, per_split: dict[str, int]) -> Path:

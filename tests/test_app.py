@@ -18,6 +18,7 @@ from dlcv import checkpoint, hub, service
 from dlcv.models import ARCHITECTURES, build_model
 from dlcv.models.classifier import ClassifierConfig
 from dlcv.models.gan import GeneratorConfig
+from dlcv.models.uda import UDANetConfig
 from dlcv.models.unet import UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def demo_root(tmp_path_factory) -> Path:
     for name in ("dcgan_faces", "sngan_faces"):
         checkpoint.save(tiny_generator(64), ckpts / name)
     checkpoint.save(tiny_generator(64, num_classes=2), ckpts / "acgan_faces", {"run": {"data": {"attribute": "Smiling"}}})
-    checkpoint.save(tiny_generator(28, num_classes=10), ckpts / "acgan_digits", {"metrics": {"accuracy": 0.5}})
+    checkpoint.save(tiny_generator(28, num_classes=10), ckpts / "acgan_digits", {"metrics": {"digit_accuracy": 0.5}})
     checkpoint.save(build_model("classifier", ClassifierConfig(image_size=64, num_classes=2, width=4)),
              ckpts / "smiling_classifier", {"run": {"data": {"attribute": "Smiling"}}})
     unet = build_model("unet", UNetConfig(base_width=8, channel_mults=(1, 2), attention_levels=(), dropout=0.0))
@@ -55,8 +56,8 @@ def demo_root(tmp_path_factory) -> Path:
         "schedule": {"num_timesteps": 50, "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02},
         "sampling": {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 1.0}})
     for i, name in enumerate(UDA):
-        checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), ckpts / name,
-                 {"metrics": {"target_accuracy": 0.3 + 0.1 * i}})
+        checkpoint.save(build_model("uda_net", UDANetConfig(width=4)), ckpts / name,
+                 {"metrics": {"target_test_acc": 0.3 + 0.1 * i}})
     if HAS_VAE:
         checkpoint.save(tiny_vae(), ckpts / "vae_faces")
     figures = root / "figures"

@@ -123,13 +123,12 @@ def test_folder_checks_name_the_bad_file(tmp_path: Path):
         image_folder_files(folder)
 
 
-def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
-    """benchmarks/faces_quality.py's check of a conditional generator: label = file-name prefix, agreement per label."""
-    from conftest import load_script
+def test_evaluate_agreement_reads_labels_from_names(tmp_path):
+    """dlcv.evaluate's check of a conditional generator: label = file-name prefix, agreement per label."""
     from dlcv import checkpoint
+    from dlcv.evaluate import agreement
     from dlcv.models.classifier import Classifier, ClassifierConfig
 
-    faces_quality = load_script("benchmarks/faces_quality.py")
     classifier = Classifier(ClassifierConfig(in_channels=3, image_size=8, num_classes=2, width=2))
     with torch.no_grad():  # always says label 1
         classifier.head[1].weight.zero_()
@@ -139,8 +138,8 @@ def test_faces_quality_agreement_reads_labels_from_names(tmp_path):
     folder.mkdir()
     for name in ["0_001.png", "0_002.png", "1_001.png", "1_002.png"]:
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
-    assert faces_quality.agreement(folder, tmp_path / "clf") == {"agreement": 0.5, "agreement_0": 0.0,
-                                                                  "agreement_1": 1.0}
+    assert agreement(folder, tmp_path / "clf") == {"attribute_agreement": 0.5,
+                                                   "attribute_agreement_per_label": {"0": 0.0, "1": 1.0}}
 
 
 def test_pair_similarity_scores_kept_pairs_above_mismatched_ones():
@@ -157,10 +156,11 @@ def test_pair_similarity_scores_kept_pairs_above_mismatched_ones():
         pair_similarity(identity, identity[:10])
 
 
-def test_faces_quality_pair_identity_of_a_smiling_acgan(weights, tiny_faces, tmp_path):
+def test_evaluate_pair_identity_of_a_smiling_acgan(weights, tiny_faces, tmp_path):
     """The identity check runs end to end on a (tiny, 2-step) Smiling ACGAN and is seed-fixed."""
-    from conftest import load_script
+    from dlcv import checkpoint as checkpoints
     from dlcv.config import apply_overrides
+    from dlcv.evaluate import pair_identity
     from dlcv.presets import get_preset
     from dlcv.training import train
 
@@ -168,8 +168,8 @@ def test_faces_quality_pair_identity_of_a_smiling_acgan(weights, tiny_faces, tmp
         f"--data.root={tiny_faces}", f"--train.out_dir={tmp_path / 'runs'}", "--model.width=4", "--method.d_width=4",
         "--model.conditioning=cbn", "--train.batch_size=4", "--train.steps=2", "--train.progress=false"])
     checkpoint = train(cfg, out=tmp_path / "ckpt")
-    faces_quality = load_script("benchmarks/faces_quality.py")
-    first = faces_quality.pair_identity(checkpoint, n=6, seed=1, batch_size=4)
+    generator = checkpoints.load(checkpoint)[0]
+    first = pair_identity(generator, n=6, seed=1, batch_size=4)
     assert set(first) == {"pair_same", "pair_other"} and all(-1 <= v <= 1 for v in first.values())
-    assert faces_quality.pair_identity(checkpoint, n=6, seed=1, batch_size=4) == first
+    assert pair_identity(generator, n=6, seed=1, batch_size=4) == first
     assert first["pair_same"] > first["pair_other"]  # 2 steps from an init where the classes start alike

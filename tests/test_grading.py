@@ -26,8 +26,8 @@ def make_checkpoints(root: Path) -> Path:
     """Tiny versions of every shipped generator and two UDA models for mnistm -> usps."""
     from dlcv import checkpoint
     from dlcv.models import build_model
-    from dlcv.models.classifier import ClassifierConfig
     from dlcv.models.gan import GeneratorConfig
+    from dlcv.models.uda import UDANetConfig
     from dlcv.models.unet import UNetConfig
 
     face = GeneratorConfig(z_dim=8, image_size=64, width=4)
@@ -39,10 +39,12 @@ def make_checkpoints(root: Path) -> Path:
     checkpoint.save(build_model("unet", unet), root / "ddpm_digits", {
         "schedule": {"num_timesteps": 20, "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02},
         "sampling": {"sampler": "ddim", "steps": 2, "eta": 0.0, "guidance": 0.0}})
-    for method, acc in (("dann", 0.5), ("improved", 0.7), ("source_only", 0.3), ("target_only", 0.9)):
+    # an unknown (experimental) method with the best accuracy: never the pair's model nor a table slot
+    for method, acc in (("dann", 0.5), ("vada", 0.7), ("source_only", 0.3), ("target_only", 0.9),
+                        ("experimental", 0.95)):
         metrics = {"method": method, "source": "mnistm", "target": "usps", "target_test_acc": acc,
                    "oracle_target_test_acc": 0.99, "last_step_target_test_acc": 0.1}  # as training/uda.py records
-        checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), root / f"uda_{method}_mnistm_to_usps",
+        checkpoint.save(build_model("uda_net", UDANetConfig(width=4)), root / f"uda_{method}_mnistm_to_usps",
                  {"metrics": metrics})
     return root
 
@@ -147,7 +149,7 @@ def test_hw_run_writes_every_output(hw_out, world):
     assert entries["faces/gan_a"]["checkpoint"] == "dcgan_faces"
     assert entries["faces/gan_a"]["sha256"] == checkpoint.weights_sha256(world["checkpoints"] / "dcgan_faces")
     csv_entry = entries["adaptation/mnistm_to_usps.csv"]
-    assert csv_entry["checkpoint"] == "uda_improved_mnistm_to_usps"  # the improved method beats DANN
+    assert csv_entry["checkpoint"] == "uda_vada_mnistm_to_usps"  # the improved method beats DANN
     assert csv_entry["details"]["images"] == "test.csv"
     assert all(p["seconds"] >= 0 for p in manifest["parts"].values())
 
@@ -159,7 +161,7 @@ def test_hw_run_records_missing_and_failing_parts(world, tmp_path, monkeypatch):
     shutil.copytree(world["checkpoints"], checkpoints)
     shutil.rmtree(checkpoints / "sngan_faces")
     (checkpoints / "uda_dann_mnistm_to_usps" / "model.safetensors").write_bytes(b"garbage")
-    for name in ("uda_improved_mnistm_to_usps", "uda_source_only_mnistm_to_usps", "uda_target_only_mnistm_to_usps"):
+    for name in ("uda_vada_mnistm_to_usps", "uda_source_only_mnistm_to_usps", "uda_target_only_mnistm_to_usps"):
         shutil.rmtree(checkpoints / name)
     monkeypatch.setattr(run, "figures_available", lambda: False)  # the digits part falls back to dlcv.viz
     out = tmp_path / "out"
@@ -189,9 +191,9 @@ def test_adaptation_tsne_is_drawn_here_when_the_figures_command_cannot(world, tm
     out = tmp_path / "out"
     assert run.main([str(out), str(world["data"]), "--parts", "adaptation",
                      "--checkpoints", str(world["checkpoints"])]) == 0
-    figures = out / "adaptation" / "figures" / "uda_improved_mnistm_to_usps"
-    assert sorted(os.listdir(figures)) == ["uda_improved_mnistm_to_usps_tsne_class.png",
-                                           "uda_improved_mnistm_to_usps_tsne_domain.png"]
+    figures = out / "adaptation" / "figures" / "uda_vada_mnistm_to_usps"
+    assert sorted(os.listdir(figures)) == ["uda_vada_mnistm_to_usps_tsne_class.png",
+                                           "uda_vada_mnistm_to_usps_tsne_domain.png"]
     entry = json.loads((out / "manifest.json").read_text())["parts"]["adaptation"]["entries"][1]
     assert entry["status"] == "ok" and entry["message"].endswith("drew the t-SNE here")
 
@@ -239,7 +241,7 @@ def test_hw2_3_predicts_every_image_of_the_named_target(world, tmp_path):
     done = subprocess.run(["bash", str(ROOT / "grading" / "hw2_3.sh"), str(world["data"] / "digits" / "usps" / "data"),
                            str(out_csv)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "uda_improved_mnistm_to_usps" in done.stdout
+    assert "uda_vada_mnistm_to_usps" in done.stdout
     lines = out_csv.read_text().splitlines()
     assert lines[0] == "image_name,label" and len(lines) == 41  # every image of the folder
 
@@ -271,10 +273,10 @@ def test_score_valid_submission(hw_out, world, tmp_path, fake_fid):
         r = result["digits"][name]
         assert r["status"] == "ok" and 0.0 <= r["accuracy"] <= 1.0 and len(r["per_class"]) == 10
     pair = result["adaptation"]["pairs"]["mnistm_to_usps.csv"]
-    assert pair["status"] == "ok" and pair["total"] == 10 and pair["checkpoint"] == "uda_improved_mnistm_to_usps"
+    assert pair["status"] == "ok" and pair["total"] == 10 and pair["checkpoint"] == "uda_vada_mnistm_to_usps"
     report = (out / "report.md").read_text()
     assert "| gan_a | dcgan_faces | 42.00 |" in report
-    assert "| mnistm_to_usps | 0.300 | 0.500 | 0.700 (improved) | 0.900 |" in report
+    assert "| mnistm_to_usps | 0.300 | 0.500 | 0.700 (vada) | 0.900 |" in report
     assert "![faces/figures/dcgan_faces/dcgan_faces_grid.png](faces/figures/dcgan_faces/dcgan_faces_grid.png)" in report
     assert "| faces |" in report.split("## Time")[1]
 

@@ -17,7 +17,7 @@ def test_round_trip_identical_outputs(tmp_ckpt, tiny_images):
     again, _ = checkpoint.load(tmp_ckpt)
     x = to_model_range(tiny_images)
     assert torch.equal(model(x), again(x))
-    assert meta["architecture"] == "classifier" and meta["metrics"] == {"x": 1}
+    assert meta["architecture"] == "classifier" and meta["metrics"] == {"val_accuracy": 0.5}
     assert sorted(p.name for p in tmp_ckpt.iterdir()) == ["config.json", "model.safetensors"]
 
 
@@ -90,9 +90,9 @@ def test_course_classifier_loader_rejects_wrong_shapes(tmp_path):
 
 def test_average_is_the_mean_of_the_weights(tmp_path):
     torch.manual_seed(0)
-    a = checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "a", {"metrics": {"fid": 1.0}})
+    a = checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "a", {"metrics": {"val_accuracy": 1.0}})
     b = checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "b",
-                 {"run": {"name": "r"}, "trained_steps": 7, "metrics": {"fid": 2.0}})
+                 {"run": {"name": "r"}, "trained_steps": 7, "metrics": {"val_accuracy": 0.5}})
     out = checkpoint.average([a, b], tmp_path / "avg")
     (ma, _), (mb, _), (mean, meta) = checkpoint.load(a), checkpoint.load(b), checkpoint.load(out)
     for key, value in mean.state_dict().items():

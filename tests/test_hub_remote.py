@@ -53,7 +53,7 @@ def test_push_uploads_three_files_in_one_commit(hub_server, tmp_ckpt):
     card = files["README.md"].decode()
     meta = front_matter(card)
     assert meta["library_name"] == "dlcv" and meta["license"] == "other" and "classifier" in meta["tags"]
-    assert "| x | 1 |" in card  # tmp_ckpt's only metric
+    assert "| val_accuracy | 0.5 |" in card  # tmp_ckpt's only metric
     assert "Not recorded" in card and "has no `run` entry" in card  # no run in tmp_ckpt: nothing invented
     assert hub_server.auth and set(hub_server.auth) == {f"Bearer {SECRET}"}  # HF_TOKEN was what authenticated
 
@@ -84,7 +84,7 @@ def test_pull_fresh_cache_then_offline_from_cache(hub_server, tmp_ckpt, tiny_ima
     assert folder.is_relative_to(cache) and sorted(p.name for p in folder.iterdir()) == sorted(hub.HUB_FILES)
     pulled, meta = checkpoint.load(folder)
     local, _ = checkpoint.load(tmp_ckpt)
-    assert pulled.state_dict().keys() == local.state_dict().keys() and meta["metrics"] == {"x": 1}
+    assert pulled.state_dict().keys() == local.state_dict().keys() and meta["metrics"] == {"val_accuracy": 0.5}
     x = to_model_range(tiny_images)
     assert torch.equal(pulled(x), local(x))
 

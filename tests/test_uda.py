@@ -291,7 +291,9 @@ def test_plot_tsne_writes_a_png(tmp_path):
 
 
 def _uda_table():
-    return load_script("scripts/uda_table.py")
+    from dlcv import uda_table
+
+    return uda_table
 
 
 def test_uda_table_steps_per_method_and_bad_items():

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import torch
 
+from dlcv.catalog import DOMAINS, GREY_DOMAINS, UDA_PAIRS  # noqa: F401  (re-exported: the catalog owns them)
 from dlcv.data.images import DataError, check_files_exist, list_images, read_csv, read_images
 
-DOMAINS = ("mnistm", "usps", "mnist", "svhn")
-GREY_DOMAINS = ("usps", "mnist")  # stored 1-channel; training reads this from the files, the demo (no data) from here
-# ordered (source, target) pairs of issue 5: the course's pair first, then those with a published anchor
-UDA_PAIRS = (("mnistm", "usps"), ("usps", "mnistm"), ("mnist", "mnistm"), ("mnist", "usps"), ("usps", "mnist"),
-             ("mnistm", "svhn"), ("svhn", "mnistm"), ("usps", "svhn"), ("svhn", "usps"))
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
 IMAGE_SIZE = 28

@@ -7,6 +7,7 @@ with y replaced by the null class with probability p_uncond (Ho & Salimans 2022)
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from dlcv import checkpoint
 from dlcv.config import RunConfig, from_dict, to_dict
 from dlcv.data.loaders import infinite, load_split, make_loader, to_image_range, to_model_range
 from dlcv.diffusion import NoiseSchedule, ScheduleConfig, q_sample
+from dlcv.metadata import SamplingConfig
 from dlcv.models import build_model
 from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
 from dlcv.sampling import sample_diffusion
@@ -90,7 +92,7 @@ def train_diffusion(cfg: RunConfig, out: str | Path | None = None) -> Path:
             save_state(cfg, step + 1, {"model": model, "ema": ema, "opt": opt, "sched": sched})
     out = Path(out) if out else run_dir(cfg) / "checkpoint"
     checkpoint.save(ema.module, out, {"schedule": to_dict(schedule.config), "run": to_dict(cfg),
-                               "sampling": {"sampler": "ddim", "steps": 50, "eta": 0.0,
-                                            "guidance": float(cfg.method.get("guidance", 2.0))}})
+                               "sampling": asdict(SamplingConfig(guidance=float(cfg.method["guidance"]))
+                                                  if "guidance" in cfg.method else SamplingConfig())})
     log.info("%s -> %s", cfg.name, out)
     return out

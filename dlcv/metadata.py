@@ -1,0 +1,390 @@
+"""The typed parts of a checkpoint's config.json: `metrics` (fixed keys per family plus the evaluation protocol),
+`sampling` (SamplingConfig: one default per knob, read through sampling_config()), and `rebuild` (the
+`python -m dlcv ...` commands that rebuild the folder). Validated when a checkpoint is saved and when it is read."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+FAMILY_OF_ARCHITECTURE = {"generator": "gan", "unet": "diffusion", "vae": "vae", "classifier": "classifier",
+                          "uda_net": "uda"}
+
+
+class MetadataError(ValueError):
+    """A config.json entry that does not fit the schema; the message names the key and the valid ones."""
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@dataclass
+class Protocol:
+    """How a number was measured: how many images, against which real split, from which seed, judged by whom."""
+
+    samples: int  # generated (or, for a VAE, reconstructed) images scored
+    reference: str = ""  # the real split, relative to the data root: "face/val", "digits/mnistm/test"
+    seed: int = 0  # image i of the sample uses seed + i
+    judge: str = ""  # the classifier behind an accuracy or agreement: a checkpoint name, or "course_classifier"
+
+
+@dataclass
+class GeneratorMetrics:
+    """A GAN generator: FID/KID against real faces (plus Smiling agreement and pair identity for the ACGAN), or the
+    course classifier's accuracy and digit-FID for a digit ACGAN."""
+
+    fid: float | None = None
+    kid_mean: float | None = None
+    kid_std: float | None = None
+    attribute_agreement: float | None = None  # share of samples the judge assigns to the requested label
+    attribute_agreement_per_label: dict[str, float] | None = None
+    pair_same: float | None = None  # feature cosine similarity of smiling pairs with the same z ...
+    pair_other: float | None = None  # ... and with mismatched z
+    digit_accuracy: float | None = None
+    digit_fid: float | None = None  # Frechet distance of the course classifier's penultimate features
+    per_class_accuracy: dict[str, float] | None = None
+    protocol: Protocol | None = None
+    other_seeds: dict[str, dict[str, float]] | None = None  # seed -> the scalar metrics above at that seed
+
+
+@dataclass
+class DiffusionMetrics:
+    """A class-conditional diffusion model: the course classifier on its samples (with its sampling defaults)."""
+
+    digit_accuracy: float | None = None
+    digit_fid: float | None = None
+    per_class_accuracy: dict[str, float] | None = None
+    protocol: Protocol | None = None
+    other_seeds: dict[str, dict[str, float]] | None = None
+
+
+@dataclass
+class VAEMetrics:
+    """A VAE: mean squared error of decode(mu) against the input, pixels in [0, 1]."""
+
+    val_mse: float | None = None
+    test_mse: float | None = None
+    protocol: Protocol | None = None
+
+
+@dataclass
+class ClassifierMetrics:
+    """A classifier, as training records it: accuracy of the best-val weights."""
+
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    best_step: int | None = None
+
+
+@dataclass
+class UDAMetrics:
+    """A UDA model, as training/uda.py records it. target_test_acc is the shipped weights' target test accuracy, the
+    one number grading reads; the oracle_* figures use target labels to select and are for reference only."""
+
+    method: str | None = None
+    source: str | None = None
+    target: str | None = None
+    steps: int | None = None
+    steps_per_s: float | None = None
+    train_seconds: float | None = None
+    last_step_target_test_acc: float | None = None
+    oracle_target_val_acc: float | None = None
+    oracle_target_test_acc: float | None = None
+    oracle_step: int | None = None
+    target_val_acc: float | None = None
+    target_test_acc: float | None = None
+    selected_step: int | None = None
+    selected_by: Literal["labelled_val", "target_im", "last"] | None = None
+    labelled_val_acc: float | None = None
+
+
+METRICS: dict[str, type] = {"gan": GeneratorMetrics, "diffusion": DiffusionMetrics, "vae": VAEMetrics,
+                            "classifier": ClassifierMetrics, "uda": UDAMetrics}
+
+
+def metrics_schema(architecture: str) -> type:
+    """The metrics dataclass of a checkpoint's architecture."""
+    family = FAMILY_OF_ARCHITECTURE.get(architecture)
+    if family is None:
+        raise MetadataError(f"architecture {architecture!r} has no metrics schema; "
+                            f"choose from {sorted(FAMILY_OF_ARCHITECTURE)}")
+    return METRICS[family]
+
+
+def check_metrics(architecture: str, metrics: dict[str, Any], where: str = "metrics") -> None:
+    """Raise MetadataError unless `metrics` uses only its family's keys, each with its type."""
+    schema = metrics_schema(architecture)
+    _check(metrics, schema, where)
+    scalars = {f.name for f in dataclasses.fields(schema) if typing.get_type_hints(schema)[f.name] == float | None}
+    for seed, values in (metrics.get("other_seeds") or {}).items():
+        unknown = sorted(set(values) - scalars)
+        if unknown:
+            raise MetadataError(f"{where}.other_seeds.{seed}: {unknown} are not scalar metrics of this family; "
+                                f"use {sorted(scalars)}")
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics without unset (None) entries, as config.json stores them."""
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+# ---------------------------------------------------------------- sampling defaults
+
+Sampler = Literal["ddpm", "ddim"]  # a new sampler: add its name here and its branch in sampling.sample_diffusion
+
+
+@dataclass
+class SamplingConfig:
+    """How a checkpoint samples unless told otherwise. Diffusion: sampler, steps, eta, guidance (w of
+    classifier-free guidance, Ho & Salimans 2022; 0 = the conditional model alone), guidance_interval (guide only
+    for lo <= t <= hi), uncond_every (run the unconditional model every k-th guided step). GAN: truncation.
+    VAE: temperature."""
+
+    sampler: Sampler = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float = 2.0
+    guidance_interval: tuple[int, ...] | None = None
+    uncond_every: int = 1
+    truncation: float | None = None
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in typing.get_args(Sampler):
+            raise MetadataError(f"sampling.sampler={self.sampler!r}; choose from {list(typing.get_args(Sampler))}")
+        if self.steps < 1 or self.uncond_every < 1:
+            raise MetadataError(f"sampling.steps={self.steps} and sampling.uncond_every={self.uncond_every} must "
+                                f"be >= 1")
+        if self.guidance_interval is not None and len(self.guidance_interval) != 2:
+            raise MetadataError(f"sampling.guidance_interval={self.guidance_interval} must be two timesteps LO,HI")
+        if self.truncation is not None and self.truncation <= 0 or self.temperature <= 0:
+            raise MetadataError("sampling.truncation and sampling.temperature must be > 0")
+
+
+def sampling_config(document: dict[str, Any], **overrides: Any) -> SamplingConfig:
+    """The checkpoint's sampling defaults (its config.json `sampling`, else SamplingConfig's), with every override
+    that is not None applied: the one place that resolves how to sample."""
+    recorded = document.get("sampling") or {}
+    _check(recorded, SamplingConfig, "sampling")
+    values = {**recorded, **{k: v for k, v in overrides.items() if v is not None}}
+    if values.get("guidance_interval") is not None:
+        values["guidance_interval"] = tuple(int(v) for v in values["guidance_interval"])
+    return SamplingConfig(**values)
+
+
+def parse_sampling_overrides(items: list[str], base: SamplingConfig | None = None) -> SamplingConfig:
+    """`--sampling.guidance=4 --sampling.uncond_every=2` applied to `base` (default SamplingConfig()), each value cast
+    to the field's type; an unknown key raises naming the valid ones."""
+    from dlcv.config import parse_value
+
+    values = dataclasses.asdict(base or SamplingConfig())
+    hints = typing.get_type_hints(SamplingConfig)
+    for item in items:
+        text = item.removeprefix("--")
+        key, eq, raw = text.partition("=")
+        if not key.startswith("sampling.") or not eq:
+            raise MetadataError(f"{item!r} must look like --sampling.KEY=VALUE, e.g. --sampling.guidance=4")
+        key = key.removeprefix("sampling.")
+        if key not in hints:
+            raise MetadataError(f"unknown sampling key {key!r}; valid keys: {sorted(hints)}")
+        values[key] = parse_value(hints[key], raw, f"sampling.{key}")
+    return SamplingConfig(**values)
+
+
+# ---------------------------------------------------------------- rebuild commands
+
+# run fields that say where and how long a run ran, not what it trained: a rebuild may differ in them
+PLACE_FIELDS = ("data.root", "train.out_dir", "train.device", "train.progress", "train.max_minutes")
+
+
+def train_command(preset: str, overrides: list[str], out: str) -> str:
+    """The `python -m dlcv train` line that rebuilds a run: a preset plus its overrides."""
+    return shlex.join(["python", "-m", "dlcv", "train", preset, *overrides, "--out", out])
+
+
+def command_of(argv: list[str]) -> str:
+    """A `python -m dlcv ...` line for a parsed argv, to append to a checkpoint's rebuild list."""
+    return shlex.join(["python", "-m", "dlcv", *argv])
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    return ",".join(_text(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def run_differences(run: Any, resolved: Any) -> dict[str, tuple[Any, Any]]:
+    """{field: (recorded, resolved)} for every run field (dotted) in which two RunConfigs (or their dicts) differ,
+    PLACE_FIELDS and train.steps aside (check_rebuild compares steps with trained_steps)."""
+    from dlcv.config import RunConfig, from_dict, to_dict
+
+    def normal(cfg: Any) -> dict[str, Any]:
+        return _flat(to_dict(from_dict(RunConfig, cfg) if isinstance(cfg, dict) else cfg))
+
+    a, b = normal(run), normal(resolved)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in PLACE_FIELDS and k != "train.steps" and _text(a.get(k)) != _text(b.get(k))}
+
+
+def run_overrides(run: dict[str, Any], preset: str) -> list[str]:
+    """`--key=value` overrides that turn `preset` into the recorded `run` (PLACE_FIELDS left out)."""
+    from dlcv.config import RunConfig, from_dict, to_dict
+    from dlcv.presets import get_preset
+
+    recorded = _flat(to_dict(from_dict(RunConfig, run)))
+    have = _flat(to_dict(get_preset(preset)))
+    return [f"--{k}={_text(v)}" for k, v in recorded.items()
+            if k not in PLACE_FIELDS and k not in ("family", "architecture") and _text(have.get(k)) != _text(v)]
+
+
+def check_rebuild(document: dict[str, Any]) -> list[str]:
+    """Problems with a checkpoint's rebuild commands: each must parse with `python -m dlcv`'s argparse; the first
+    must be `train PRESET overrides...` whose resolved config equals the recorded run (PLACE_FIELDS aside) and trains
+    at least the recorded trained_steps (exactly run.train.steps when none is recorded)."""
+    from dlcv.cli import SAMPLING_COMMANDS, build_parser
+    from dlcv.config import apply_overrides
+    from dlcv.presets import get_preset
+
+    commands, problems = document.get("rebuild") or [], []
+    if not commands:
+        return ["no rebuild commands recorded"]
+    parser = build_parser()
+    parsed = []
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[:3] != ["python", "-m", "dlcv"]:
+            problems.append(f"{command!r} is not a `python -m dlcv` command")
+            continue
+        try:
+            args, rest = parser.parse_known_args(argv[3:])
+        except SystemExit:
+            problems.append(f"{command!r} does not parse")
+            continue
+        if rest and args.command not in ("train", *SAMPLING_COMMANDS):
+            problems.append(f"{command!r}: unrecognised arguments {rest}")
+        parsed.append((args, rest))
+    if not parsed or parsed[0][0].command != "train":
+        return problems + ["the first rebuild command must be `python -m dlcv train PRESET ...`"]
+    args, overrides = parsed[0]
+    try:
+        resolved = apply_overrides(get_preset(args.preset), overrides)
+    except (KeyError, ValueError, TypeError) as err:
+        return problems + [f"{commands[0]!r} does not resolve: {err}"]
+    for key, (recorded, got) in run_differences(document["run"], resolved).items():
+        problems.append(f"{key}: recorded {recorded!r}, the command gives {got!r}")
+    trained = document.get("trained_steps")
+    steps = document["run"]["train"]["steps"] if trained is None else trained
+    if resolved.train.steps < steps or (trained is None and resolved.train.steps != steps):
+        problems.append(f"train.steps: the command trains {resolved.train.steps}, the checkpoint {steps}")
+    return problems
+
+
+# ---------------------------------------------------------------- the whole document
+
+
+def check_document(document: dict[str, Any], where: str = "config.json") -> None:
+    """Raise MetadataError if metrics, sampling or rebuild do not fit the schema."""
+    if document.get("metrics"):
+        if not isinstance(document["metrics"], dict):
+            raise MetadataError(f"{where}: metrics must be an object of {{metric: value}}")
+        check_metrics(document.get("architecture", ""), document["metrics"], f"{where}: metrics")
+    if document.get("sampling") is not None:
+        sampling_config(document)
+    rebuild = document.get("rebuild")  # the rebuild commands; check_rebuild parses them
+    if rebuild is not None and not (isinstance(rebuild, list) and all(
+            isinstance(c, str) and c.startswith("python -m dlcv ") for c in rebuild)):
+        raise MetadataError(f"{where}: rebuild must be a list of `python -m dlcv ...` commands")
+
+
+LEGACY_METRICS = {"accuracy": "digit_accuracy", "smiling_agreement": "attribute_agreement",
+                  "smiling_agreement_per_label": "attribute_agreement_per_label"}
+LEGACY_PROSE = ("agreement_by", "fid_reference", "training", "measured_with", "measured_by", "pair_identity_by",
+                "plain_dcgan_fid", "guidance")  # guidance: a copy of the sampling block's
+LEGACY_SAMPLING_PROSE = ("chosen_by",)
+
+
+def upgrade(document: dict[str, Any]) -> dict[str, Any]:
+    """A config.json written before the schema, in the schema: renamed metric keys, prose entries dropped, the
+    digit ACGAN's accuracy_other_seeds as other_seeds. Idempotent; other documents come back unchanged."""
+    metrics = document.get("metrics")
+    if isinstance(metrics, dict):
+        upgraded = {}
+        for key, value in metrics.items():
+            if key in LEGACY_PROSE:
+                continue
+            if key == "accuracy_other_seeds" and isinstance(value, dict):
+                upgraded["other_seeds"] = {seed: {"digit_accuracy": v} for seed, v in value.items()}
+            elif key == "other_seeds" and isinstance(value, dict):
+                upgraded[key] = {seed: {LEGACY_METRICS.get(k, k): v for k, v in values.items()}
+                                 for seed, values in value.items()}
+            else:
+                upgraded[LEGACY_METRICS.get(key, key)] = value
+        document = {**document, "metrics": upgraded}
+    sampling = document.get("sampling")
+    if isinstance(sampling, dict) and any(k in sampling for k in LEGACY_SAMPLING_PROSE):
+        document = {**document, "sampling": {k: v for k, v in sampling.items() if k not in LEGACY_SAMPLING_PROSE}}
+    return document
+
+
+# ---------------------------------------------------------------- type checks
+
+
+def _check(value: Any, hint: Any, where: str) -> None:
+    """Raise MetadataError unless the JSON value fits the type hint (dataclasses as objects with known keys)."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise MetadataError(f"{where} must be an object with keys {[f.name for f in dataclasses.fields(hint)]}")
+        hints = typing.get_type_hints(hint)
+        unknown = sorted(set(value) - set(hints))
+        if unknown:
+            raise MetadataError(f"{where}: unknown key(s) {unknown}; valid keys: {list(hints)}")
+        required = [f.name for f in dataclasses.fields(hint)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise MetadataError(f"{where}: missing key(s) {missing}")
+        for key, item in value.items():
+            _check(item, hints[key], f"{where}.{key}")
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, arg, where)
+            except MetadataError as err:
+                errors.append(str(err))
+        raise MetadataError(errors[0] if len(errors) == 1 else f"{where}={value!r} does not fit {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise MetadataError(f"{where}={value!r}; choose from {list(args)}")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MetadataError(f"{where} must be an object, got {type(value).__name__}")
+        for key, item in value.items():
+            _check(item, args[1], f"{where}.{key}")
+        return
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise MetadataError(f"{where} must be a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            _check(item, args[0], f"{where}[{i}]")
+        return
+    ok = {float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}.get(hint)
+    if ok is None or not ok(value):
+        raise MetadataError(f"{where}={value!r} must be a {getattr(hint, '__name__', hint)}")

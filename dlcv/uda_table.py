@@ -1,0 +1,465 @@
+"""The UDA table of issue 5: every prepared digits pair x {source-only, DANN, VADA + mean teacher, target-only} x seeds,
+as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdown report, t-SNE figures and shipping.
+
+    python scripts/uda_table.py --data data --out runs/uda_table --jobs 12 --steps 6000          # train (resumable)
+    python scripts/uda_table.py --data data --out runs/uda_table_cpu --jobs 2 --steps dann=3000,vada=1000,*=3000  # CPU
+    python scripts/uda_table.py --out runs/uda_table --report                                   # tables -> stdout + md
+    python scripts/uda_table.py --data data --out runs/uda_table --tsne                         # seed-0 t-SNE PNGs
+    python scripts/uda_table.py --out runs/uda_table --ship checkpoints [--pairs mnist:usps]     # DANN + VADA ckpts
+    python scripts/uda_table.py --data data --out runs/uda_table --methods refine --pairs mnist:mnistm  # stage 2:
+        # DIRT-T-style refinement of each DANN run's final weights (--init; exported by --final --report)
+    python scripts/uda_table.py --data data --pack runs/digits.npz   # carry the data (~45 MB) to a GPU machine ...
+    python scripts/uda_table.py --unpack runs/digits.npz --data data --jobs 12    # ... rebuild it there, then train
+
+A run whose results/<run>.json exists is skipped, and a run cut short continues from its last state (every 500 steps)
+when its config is unchanged, so an interrupted table resumes; a target-only run is shared by the pairs with the same
+target. Model selection inside each run uses source val accuracy only; the oracle
+(target-val-selected) figure is reported in its own column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from dlcv import catalog
+from dlcv.catalog import UDA_PAIRS as PAIRS  # svhn pairs only run when svhn is prepared
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout the training subprocesses run in
+
+METHODS = list(catalog.METHODS)
+COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)",
+           "refine": "DANN + refinement (ours)", "target_only": "target only"}
+# the methods with t-SNE figures, shipped checkpoints and an oracle column: DANN and the improved ones
+ADAPTED = tuple(m for m in catalog.METHODS if catalog.METHOD_SLOT[m] in ("dann", "improved"))
+# ablation of the improved method: name -> (preset method, overrides); each row switches one part off
+ABLATION = {
+    "vada": ("vada", []),
+    "- mean teacher": ("vada", ["--method.teacher=false"]),
+    "- VAT": ("vada", ["--method.vat_src_weight=0", "--method.vat_tgt_weight=0"]),
+    "- entropy + diversity": ("vada", ["--method.ent_weight=0", "--method.div_weight=0"]),
+    "- augmentation": ("vada", ["--method.augment=false"]),
+    "- per-domain BN": ("vada", ["--model.domain_bn=false"]),
+    "DANN + per-domain BN": ("dann", ["--model.domain_bn=true"]),
+}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "full"
+
+
+def available_pairs(data: str) -> list[tuple[str, str]]:
+    have = {p.name for p in (Path(data) / "digits").glob("*") if (p / "train.csv").is_file()}
+    return [(s, t) for s, t in PAIRS if s in have and t in have]
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        pair = catalog.parse_pair_name(item.replace("->", ":").replace(":", "_to_"))
+        if pair is None:
+            raise SystemExit(f"--pairs item {item!r} must look like mnistm:usps (source:target)")
+        pairs.append(pair)
+    return pairs
+
+
+def plan(args: argparse.Namespace) -> list[dict]:
+    """Every run of the table (and of the ablation) as a dict: name, preset, overrides, pair, seed, method."""
+    pairs = parse_pairs(args.pairs) if args.pairs else available_pairs(args.data)
+    if not pairs:
+        raise SystemExit(f"no prepared domain pairs under {args.data}/digits; run `python -m dlcv data prepare`")
+    runs = []
+    for src, tgt in pairs:
+        for method in [m for m in args.methods.split(",") if m]:  # --methods= : ablation runs only
+            for seed in (int(s) for s in args.seeds.split(",")):
+                runs.append({"name": f"{method}_{catalog.pair_name(src, tgt)}_s{seed}", "preset": f"uda_{method}", "overrides": [],
+                             "source": src, "target": tgt, "seed": seed, "method": method, "variant": None})
+    if args.ablation:
+        for src, tgt in parse_pairs(args.ablation):
+            for variant, (method, overrides) in ABLATION.items():
+                for seed in (int(s) for s in args.ablation_seeds.split(",")):
+                    if variant == "vada" and f"vada_{src}_to_{tgt}_s{seed}" in {r["name"] for r in runs}:
+                        continue  # the full method's table run doubles as the ablation's first row
+                    runs.append({"name": f"abl_{slug(variant)}_{src}_to_{tgt}_s{seed}", "preset": f"uda_{method}",
+                                 "overrides": overrides, "source": src, "target": tgt, "seed": seed,
+                                 "method": method, "variant": variant})
+    order = {"vada": 0, "dann": 1, "source_only": 2, "target_only": 3}  # longest first packs the pool better
+    return sorted(runs, key=lambda r: (order.get(r["method"], 9), r["name"]))
+
+
+def train_overrides(run: dict, args: argparse.Namespace) -> list[str]:
+    """The `python -m dlcv train <preset>` overrides of one run."""
+    out = Path(args.out)
+    overrides = [f"--data.root={args.data}", f"--data.domain={run['source']}", f"--data.target_domain={run['target']}",
+                 f"--train.seed={run['seed']}", f"--train.out_dir={out / 'runs'}", f"--name={run['name']}",
+                 "--train.progress=false", f"--train.device={args.device}", *run["overrides"], *args.set]
+    if run["method"] == "refine":  # refines the trained run of the same pair and seed
+        overrides.append(f"--method.init={args.init.format(**run)}")
+    steps = args.steps.get(run["method"], args.steps.get("*"))
+    return overrides + ([f"--train.steps={steps}"] if steps else [])
+
+
+def resumable(run: dict, args: argparse.Namespace) -> bool:
+    """True when the run was cut short with the same config (train section included: lambda_p and the lr follow the
+    total step count), so it continues from its last state.pt instead of starting over with --fresh."""
+    import torch
+
+    from dlcv.config import apply_overrides, to_dict
+    from dlcv.presets import get_preset
+    from dlcv.training.common import STATE_NAME, run_dir
+
+    cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
+    path = run_dir(cfg) / STATE_NAME
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError):  # unreadable: --fresh replaces it
+        return False
+    now = to_dict(cfg)
+    if now["model"].get("input_norm") == "auto":  # stored as what it resolved to (from the domains, compared below)
+        now["model"]["input_norm"] = saved["model"].get("input_norm")
+    return all(saved.get(key) == now.get(key) for key in ("architecture", "model", "data", "method", "train"))
+
+
+def run_one(run: dict, args: argparse.Namespace) -> dict:
+    """Train one run in a subprocess (--threads threads, its own CUDA context); write results/<name>.json."""
+    out = Path(args.out)
+    ckpt = out / "checkpoints" / run["name"]
+    fresh = [] if resumable(run, args) else ["--fresh"]
+    command = [sys.executable, "-m", "dlcv", "train", run["preset"], *fresh, "--out", str(ckpt),
+               *train_overrides(run, args)]
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    record = {**run, "command": " ".join(command), "returncode": proc.returncode,
+              "wall_seconds": round(time.perf_counter() - start, 1)}
+    if proc.returncode == 0:
+        record["metrics"] = json.loads((ckpt / "config.json").read_text())["metrics"]
+        record["checkpoint"] = str(ckpt)
+    else:
+        record["error"] = (proc.stderr or proc.stdout)[-3000:]
+    path = out / "results" / f"{run['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if proc.returncode == 0:  # failed runs are not cached, so a rerun retries them
+        path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def warm_cache(runs: list[dict], data: str) -> None:
+    """Decode each domain's PNGs once here, so parallel runs read the .npy cache instead of all decoding at once."""
+    from dlcv.data.digits import available_splits, read_digits
+
+    for domain in sorted({r["source"] for r in runs} | {r["target"] for r in runs}):
+        for split in available_splits(data, domain):
+            read_digits(data, domain, split)
+
+
+def pack(data: str, path: str) -> None:
+    """Every prepared digits split (uint8 images, labels, file names) in one compressed .npz, small enough to carry to
+    a machine without the PNG folders (mnistm + usps + mnist: ~45 MB)."""
+    import numpy as np
+
+    from dlcv.data.digits import available_splits, read_digits
+
+    arrays = {}
+    for domain_dir in sorted((Path(data) / "digits").glob("*")):
+        if not (domain_dir / "train.csv").is_file():
+            continue
+        for split in available_splits(data, domain_dir.name):
+            d = read_digits(data, domain_dir.name, split)
+            key = f"{domain_dir.name}/{split}"
+            arrays[f"{key}/images"] = d.images.numpy()
+            arrays[f"{key}/labels"] = d.labels.numpy()
+            arrays[f"{key}/names"] = np.array(d.names)
+            print(f"packed {key}: {len(d)} images", flush=True)
+    np.savez_compressed(path, **arrays)
+
+
+def unpack(path: str, data: str) -> None:
+    """Write the course layout (<data>/digits/<domain>/data/*.png + <split>.csv) back from a --pack file."""
+    import numpy as np
+    from PIL import Image
+
+    blob = np.load(path)
+    for key in sorted(k[: -len("/images")] for k in blob.files if k.endswith("/images")):
+        domain, split = key.split("/")
+        folder = Path(data) / "digits" / domain
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        images, labels, names = blob[f"{key}/images"], blob[f"{key}/labels"], blob[f"{key}/names"]
+        for image, name in zip(images, names):
+            pixels = image.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+            Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(folder / "data" / str(name))
+        rows = ["image_name,label"] + [f"{n},{int(y)}" for n, y in zip(names, labels)]
+        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+        print(f"unpacked {folder}/{split}.csv: {len(names)} images", flush=True)
+
+
+def parse_steps(text: str) -> dict[str, int]:
+    """--steps 3000 (every run) or dann=3000,vada=1000 (per method; '*' for the rest) -> {method or '*': steps}."""
+    steps = {}
+    for item in (i for i in text.split(",") if i.strip()):
+        key, _, value = item.rpartition("=")
+        if key and key != "*" and key not in METHODS:
+            raise SystemExit(f"--steps item {item!r}: unknown method {key!r}; choose from {METHODS} or '*'")
+        try:
+            steps[key or "*"] = int(value)
+        except ValueError:
+            raise SystemExit(f"--steps item {item!r} must be N or method=N, e.g. dann=3000,vada=1000") from None
+    return steps
+
+
+def reuse_target_only(run: dict, args: argparse.Namespace) -> bool:
+    """Target-only trains and predicts on the target only (the source's input statistics are stored, never used), so
+    a finished run for the same target, seed, steps and overrides under another source is the same run: record it for
+    this pair too, marked `reused_from`."""
+    if run["method"] != "target_only" or run["variant"] is not None:
+        return False
+    from dlcv.presets import get_preset
+
+    steps = args.steps.get("target_only", args.steps.get("*")) or get_preset("uda_target_only").train.steps
+    for path in sorted((Path(args.out) / "results").glob(f"target_only_*_to_{run['target']}_s{run['seed']}.json")):
+        rec = json.loads(path.read_text())
+        if (rec.get("returncode") == 0 and rec.get("reused_from") is None and rec["overrides"] == run["overrides"]
+                and rec["metrics"]["steps"] == steps
+                and all(item in rec["command"].split() for item in args.set)):
+            (path.parent / f"{run['name']}.json").write_text(json.dumps(
+                {**rec, **{k: run[k] for k in ("name", "source")}, "reused_from": rec["name"]}, indent=1) + "\n")
+            print(f"{run['name']}: reusing {rec['name']} (target-only does not read the source)", flush=True)
+            return True
+    return False
+
+
+def train_all(args: argparse.Namespace) -> None:
+    runs = plan(args)
+    warm_cache(runs, args.data)
+    todo = [r for r in runs if not (Path(args.out) / "results" / f"{r['name']}.json").is_file()
+            and not reuse_target_only(r, args)]
+    print(f"{len(runs)} runs planned, {len(runs) - len(todo)} done already, {len(todo)} to train "
+          f"with {args.jobs} jobs", flush=True)
+    start, failures = time.perf_counter(), 0
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_one, r, args) for r in todo]
+        for i, future in enumerate(as_completed(futures), 1):
+            rec = future.result()
+            if rec["returncode"] == 0:
+                m = rec["metrics"]
+                print(f"[{i}/{len(todo)}] {rec['name']}: target test {m['target_test_acc']:.4f} "
+                      f"(oracle {m['oracle_target_test_acc']:.4f}), {m['steps_per_s']:.1f} steps/s, "
+                      f"{rec['wall_seconds']:.0f} s  [{time.perf_counter() - start:.0f} s]", flush=True)
+            else:
+                failures += 1
+                last = rec["error"].strip().splitlines()[-1:] or ["?"]
+                print(f"[{i}/{len(todo)}] {rec['name']} FAILED (rc {rec['returncode']}): {last[0]}", flush=True)
+    write_summary(args)
+    if failures:
+        print(f"{failures} run(s) failed; rerun the same command to retry them", flush=True)
+
+
+def write_summary(args: argparse.Namespace) -> Path:
+    records = [json.loads(p.read_text()) for p in sorted((Path(args.out) / "results").glob("*.json"))]
+    path = Path(args.out) / "summary.json"
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    print(f"summary of {len(records)} runs -> {path}", flush=True)
+    return path
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * spread:.1f}" + (f" (n={len(values)})" if len(values) != 3 else "")
+
+
+def report(args: argparse.Namespace) -> str:
+    """Markdown: the main table (mean ± std over seeds of target test accuracy, %) and the ablation table."""
+    summary = write_summary(args)  # rebuilt from results/*.json, so results merged from several machines count
+    records = [r for r in json.loads(summary.read_text()) if r.get("returncode") == 0]
+    table = [r for r in records if r["variant"] is None]
+    if args.final:  # export each run's final weights (<out>/final/<run>), where a refine stage starts from
+        table_runs(args, METHODS)
+    pairs = list(dict.fromkeys((r["source"], r["target"]) for r in sorted(table, key=lambda r: PAIRS.index(
+        (r["source"], r["target"])) if (r["source"], r["target"]) in PAIRS else 99)))
+    methods = [m for m in METHODS if any(r["method"] == m for r in table)]
+    oracles = [m for m in methods if m in ADAPTED]
+
+    test_key = "last_step_target_test_acc" if args.final else "target_test_acc"
+
+    def values(pool, src, tgt, key, **match):
+        key = test_key if key == "target_test_acc" else key
+        return [r["metrics"][key] for r in pool if (r["source"], r["target"]) == (src, tgt)
+                and all(r[k] == v for k, v in match.items()) and r["metrics"].get(key) is not None]
+
+    chosen = ("each run's final weights (the label-free 'last' rule)" if args.final
+              else "weights selected by source-val accuracy (no target labels)")
+    final_rule = [COLUMNS[m] for m in methods if not args.final
+                  and all(r["metrics"].get("selected_by") == "last" for r in table if r["method"] == m)]
+    if final_rule:  # e.g. refine, whose preset ships its final weights
+        chosen += f"; {', '.join(final_rule)}: each run's final weights (its preset's rule)"
+    lines = [f"Target **test** accuracy (%), mean ± std over seeds; {chosen}. Oracle: the same runs' weights "
+             "selected by target-val accuracy (uses target labels; for reference only).", "",
+             "| pair | " + " | ".join(COLUMNS[m] for m in methods) + " | "
+             + " | ".join(f"oracle {COLUMNS[m].removesuffix(' (ours)')}" for m in oracles) + " |",
+             "| --- |" + " --- |" * (len(methods) + len(oracles))]
+    for src, tgt in pairs:
+        cells = [_cell(values(table, src, tgt, "target_test_acc", method=m)) for m in methods]
+        oracle = [_cell(values(table, src, tgt, "oracle_target_test_acc", method=m)) for m in oracles]
+        lines.append(f"| {src} → {tgt} | " + " | ".join(cells + oracle) + " |")
+    steps = {m: "/".join(str(s) for s in sorted({r["metrics"]["steps"] for r in table if r["method"] == m}))
+             for m in methods}
+    speed = {m: statistics.mean([r["metrics"]["steps_per_s"] for r in table if r["method"] == m]) for m in methods}
+    lines += ["", "Steps per run x batch 64: " + ", ".join(f"{COLUMNS[m]} {v}" for m, v in steps.items())
+              + ". Mean steps/s per run (runs shared the device): "
+              + ", ".join(f"{COLUMNS[m]} {v:.1f}" for m, v in speed.items()) + "."]
+    ablation = [r for r in records if r["variant"] is not None]
+    if ablation:
+        abl_pairs = list(dict.fromkeys((r["source"], r["target"]) for r in ablation))
+        seeds = sorted({r["seed"] for r in ablation})
+        full = [r for r in table if r["method"] == "vada" and r["seed"] in seeds]
+        lines += ["", f"Ablation of VADA + teacher (target test %, seeds {seeds}; each row switches one part off):", "",
+                  "| variant | " + " | ".join(f"{s} → {t}" for s, t in abl_pairs) + " |",
+                  "| --- |" + " --- |" * len(abl_pairs)]
+        for variant in ABLATION:
+            pool = full + [r for r in ablation if r["variant"] == "vada"] if variant == "vada" else \
+                [r for r in ablation if r["variant"] == variant]
+            cells = [_cell(values(pool, s, t, "target_test_acc")) for s, t in abl_pairs]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (Path(args.out) / "RESULTS_uda.md").write_text(text)
+    return text
+
+
+def table_runs(args: argparse.Namespace, methods: tuple[str, ...]) -> list[dict]:
+    """The finished table runs (not ablation) of `methods` in summary.json, those of --pairs only when it is given;
+    with --final, each with the checkpoint and figures of its final weights (final_checkpoint)."""
+    wanted = set(parse_pairs(args.pairs)) if args.pairs else None
+    summary = json.loads((Path(args.out) / "summary.json").read_text())
+    runs = [r for r in summary if r.get("returncode") == 0 and r["variant"] is None and r["method"] in methods
+            and (wanted is None or (r["source"], r["target"]) in wanted)]
+    return [final_checkpoint(r, args) for r in runs] if args.final else runs
+
+
+def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
+    """The run with its *final* weights as checkpoint (<out>/final/<name>, written once from its state.pt by
+    dlcv.training.uda.export_final, with every figure measured on those weights) instead of its selected ones."""
+    from dlcv import checkpoint
+    from dlcv.config import RunConfig, apply_overrides, from_dict
+    from dlcv.presets import get_preset
+    from dlcv.training.uda import export_final
+
+    dest = Path(args.out) / "final" / run["name"]
+    if not (dest / "config.json").is_file():
+        if run.get("checkpoint") and (Path(run["checkpoint"]) / "config.json").is_file():
+            # the config the run trained with, so --steps/--set need not be repeated
+            cfg = from_dict(RunConfig, checkpoint.read_config(run["checkpoint"])["run"])
+        else:
+            cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
+        export_final(cfg, dest)
+    return {**run, "checkpoint": str(dest), "metrics": checkpoint.read_config(dest)["metrics"]}
+
+
+def tsne(args: argparse.Namespace) -> None:
+    """Seed-0 t-SNE of features on source and target val images (balanced: equal counts per domain), two PNGs per
+    pair (those of --pairs if given) and method: coloured by class and by domain."""
+    import torch
+
+    from dlcv import checkpoint
+    from dlcv.data.digits import read_digits
+    from dlcv.figures import domain_tsne
+
+    runs = [r for r in table_runs(args, ("source_only", *ADAPTED)) if r["seed"] == 0]
+    generator = torch.Generator().manual_seed(0)
+    for r in runs:
+        model, _ = checkpoint.load(r["checkpoint"])
+        splits = [read_digits(args.data, d, "val") for d in (r["source"], r["target"])]
+        n = min(args.tsne_per_domain, *(len(s) for s in splits))
+        picks = [torch.randperm(len(split), generator=generator)[:n] for split in splits]
+        stem = Path(args.out) / "tsne" / f"{r['method']}_{r['source']}_to_{r['target']}"
+        title = f"{COLUMNS[r['method']]}: {r['source']} → {r['target']}"
+        domain_tsne(model, *[(s.images[i], s.labels[i]) for s, i in zip(splits, picks)], stem,
+                    (f"{title} (by class)", f"{title} (by domain)"),
+                    [f"source {r['source']}", f"target {r['target']}"])
+        print(f"wrote {stem}_class.png and {stem}_domain.png ({n} val images per domain)", flush=True)
+
+
+def ship(args: argparse.Namespace) -> None:
+    """Copy, per pair (those of --pairs if given), the DANN, VADA and refinement run with the best *source*-val
+    accuracy (never target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
+    runs = table_runs(args, ADAPTED)
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
+    for (method, src, tgt), group in sorted(groups.items()):
+        best = max(group, key=lambda r: (r["metrics"]["labelled_val_acc"], -r["seed"]))
+        dest = Path(args.ship) / catalog.uda_name(method, src, tgt)
+        from dlcv.cli import main as dlcv_main  # `export`: the copy records how it was made in its rebuild list
+
+        if dlcv_main(["export", best["checkpoint"], "--out", str(dest)]) != 0:
+            raise SystemExit(f"could not ship {best['checkpoint']} to {dest}")
+        size = sum(p.stat().st_size for p in dest.iterdir()) / 2**20
+        if size > 10:
+            raise SystemExit(f"{dest} is {size:.1f} MB, over the 10 MB limit; use a smaller --model.width")
+        print(f"{dest}: seed {best['seed']}, source val {best['metrics']['labelled_val_acc']:.4f}, target test "
+              f"{best['metrics']['target_test_acc']:.4f}, {size:.1f} MB", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("DLCV_DATA", "data"), help="course-layout root")
+    parser.add_argument("--out", default="runs/uda_table")
+    parser.add_argument("--jobs", type=int, default=4, help="runs in parallel (subprocesses)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per run (more than cores / jobs oversubscribes: about 3x slower)")
+    parser.add_argument("--steps", type=parse_steps, default={},
+                        help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m != "refine"),
+                        help=f"of {METHODS}; refine is a second stage: it starts from each DANN run's final weights "
+                             f"(--init), so run it after --final --report has exported them")
+    parser.add_argument("--pairs", default="", help="e.g. mnistm:usps,usps:mnistm (default: every prepared pair)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ablation", default="", help="pairs for the VADA ablation runs, e.g. usps:mnistm,mnistm:usps")
+    parser.add_argument("--ablation-seeds", default="0")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every run, e.g. --set=--model.width=32")
+    parser.add_argument("--init", default="runs/uda_table/final/dann_{source}_to_{target}_s{seed}",
+                        help="checkpoint each refine run starts from; {source}, {target}, {seed} are filled in")
+    parser.add_argument("--report", action="store_true", help="print the markdown tables (and write RESULTS_uda.md)")
+    parser.add_argument("--tsne", action="store_true", help="t-SNE PNGs of the seed-0 runs")
+    parser.add_argument("--tsne-per-domain", type=int, default=700)
+    parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN, VADA and refine checkpoints to DIR")
+    parser.add_argument("--final", action="store_true",
+                        help="--report/--tsne/--ship use each run's final weights instead of its source-val-selected "
+                             "ones (a label-free rule; for runs whose source val saturates, so its argmax is noise)")
+    parser.add_argument("--pack", default="", metavar="NPZ", help="write every prepared digits split to NPZ and exit")
+    parser.add_argument("--unpack", default="", metavar="NPZ", help="first rebuild --data from an NPZ made by --pack")
+    args = parser.parse_args(argv)
+    args.set = [s if s.startswith("--") else f"--{s}" for s in args.set]
+    if args.threads < 1:
+        parser.error(f"--threads={args.threads} must be >= 1")
+    if args.pack:
+        return pack(args.data, args.pack)
+    if args.unpack:
+        unpack(args.unpack, args.data)
+    if not (args.report or args.tsne or args.ship):
+        train_all(args)
+    if args.tsne:
+        tsne(args)
+    if args.ship:
+        ship(args)
+    if args.report:
+        print(report(args))
+
+
+if __name__ == "__main__":
+    main()
