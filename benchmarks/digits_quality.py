@@ -25,7 +25,7 @@ import torch
 from dlcv import checkpoint, service
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_image_range
-from dlcv.diffusion import ddim_timesteps
+from dlcv.diffusion import sampler_timesteps
 from dlcv.metrics import digit_scores, embed, within_class_spread
 from dlcv.sampling import sample_gan
 from dlcv.viz import plot_guidance_curve, save_grid, save_strip
@@ -86,7 +86,8 @@ def main() -> None:
     for w in weights or [default_w]:
         keep = ()
         if document["architecture"] == "unet" and w == default_w:
-            steps = ddim_timesteps(document["schedule"]["num_timesteps"], document["sampling"]["steps"])
+            steps = sampler_timesteps(document["sampling"].get("sampler", "ddim"),
+                                      document["schedule"]["num_timesteps"], document["sampling"]["steps"])
             keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         images, kept, seconds = generate(w, keep)
         digits = to_uint8(images)  # what the PNG files hold

@@ -75,11 +75,11 @@ def diffusion_figures(model: torch.nn.Module, document: dict, out: Path, name: s
     from dlcv.service import generate_digits
 
     labels = torch.arange(model.config.num_classes).repeat_interleave(10)
-    steps = document.get("sampling", {}).get("steps", 50)
+    sampling = document.get("sampling", {})
     num_timesteps = document["schedule"]["num_timesteps"]
-    from dlcv.diffusion import ddim_timesteps
+    from dlcv.diffusion import sampler_timesteps
 
-    timesteps = ddim_timesteps(num_timesteps, steps)
+    timesteps = sampler_timesteps(sampling.get("sampler", "ddim"), num_timesteps, sampling.get("steps", 50))
     ts = [timesteps[round(i * (len(timesteps) - 1) / 5)] for i in range(5)]  # five x_t from t = T-1 down
     images, kept = generate_digits(model, document, labels, seed=seed, keep=tuple(ts))
     grid = save_grid(images, out / f"{name}_grid.png", nrow=10)

@@ -390,11 +390,11 @@ def attribute_probability(classifier: torch.nn.Module, images: torch.Tensor) -> 
 # ---------------------------------------------------------------- digits
 
 def reverse_keep(sampler: str, steps: int, num_timesteps: int, frames: int = 50) -> tuple[int, ...]:
-    """Timesteps whose x_t to keep for the reverse-process animation: every DDIM step (or `frames` of them),
+    """Timesteps whose x_t to keep for the reverse-process animation: every DDIM/DPM-Solver step (or `frames` of them),
     `frames` evenly spaced ones of a full DDPM run."""
-    from dlcv.diffusion import ddim_timesteps
+    from dlcv.diffusion import sampler_timesteps
 
-    timesteps = ddim_timesteps(num_timesteps, steps) if sampler == "ddim" else list(range(num_timesteps - 1, -1, -1))
+    timesteps = sampler_timesteps(sampler, num_timesteps, steps)
     if len(timesteps) <= frames:
         return tuple(timesteps)
     return tuple(timesteps[round(i * (len(timesteps) - 1) / (frames - 1))] for i in range(frames))

@@ -187,7 +187,7 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     diffusion the reverse process of the first "0" (the same seed as 0_001.png)."""
     from dlcv.data.digits import read_image_folder
     from dlcv.data.loaders import to_model_range
-    from dlcv.diffusion import ddim_timesteps
+    from dlcv.diffusion import sampler_timesteps
     from dlcv.viz import save_grid, save_strip
 
     path = checkpoint_path(name, ctx.checkpoints)
@@ -204,7 +204,8 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     model, document = service.load(path)
     if document["architecture"] == "unet":
         sampling = document.get("sampling", {})
-        steps = ddim_timesteps(document["schedule"]["num_timesteps"], sampling.get("steps", 50))
+        steps = sampler_timesteps(sampling.get("sampler", "ddim"), document["schedule"]["num_timesteps"],
+                                  sampling.get("steps", 50))
         keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         x0, kept = service.generate_digits(model, document, torch.zeros(1, dtype=torch.long), seed=ctx.seed,
                                            keep=keep)
