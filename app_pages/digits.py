@@ -28,10 +28,16 @@ with diffusion_tab:
             guidance = left.slider("guidance weight w", 0.0, 8.0, float(defaults.get("guidance", 3.0)), 0.5,
                                    key="ddpm_guidance",
                                    help="classifier-free guidance: eps = (1 + w) eps(x, y) - w eps(x); 0 = none")
-            sampler = mid.radio("sampler", ["ddim", "ddpm"], horizontal=True,
-                                help=f"ddpm runs all {document['schedule']['num_timesteps']} steps (slow on a CPU)")
+            samplers = list(service.SAMPLERS)
+            default_sampler = defaults.get("sampler", "ddim")
+            sampler = mid.radio("sampler", samplers, horizontal=True,
+                                index=samplers.index(default_sampler) if default_sampler in samplers else 0,
+                                help="dpm++2m: DPM-Solver++(2M), fewest steps; ddim: Song et al. 2021; "
+                                     f"ddpm runs all {document['schedule']['num_timesteps']} steps (slow on a CPU)")
             T = document["schedule"]["num_timesteps"]
-            steps = right.slider("DDIM steps", min(5, T), min(200, T), min(25, T), key="ddpm_steps")
+            steps = right.slider("steps (dpm++2m / ddim)", min(5, T), min(200, T),
+                                 min(max(int(defaults.get("steps", 12)), 5), T), key="ddpm_steps",
+                                 help="the checkpoint's default is preset")
             go = st.form_submit_button("Generate", type="primary")
         if go:
             bar = st.progress(0.0, text="denoising")
@@ -45,7 +51,7 @@ with diffusion_tab:
             st.caption("Choose a digit and press Generate.")
         else:
             images, frames = result["images"], result["frames"]
-            label = f"{result['sampler'].upper()}" + (f"-{result['steps']}" if result["sampler"] == "ddim" else "")
+            label = f"{result['sampler'].upper()}" + (f"-{result['steps']}" if result["sampler"] != "ddpm" else "")
             st.markdown(f"**digit {result['digit']}**, {label}, w = {result['guidance']}")
             common.image_row(images, width=84, scale=3)
             common.downloads(images, f"digit_{result['digit']}", nrow=10, key="ddpm")

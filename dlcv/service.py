@@ -24,6 +24,7 @@ from dlcv.data.digits import GREY_DOMAINS, UDA_PAIRS
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
+SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (dlcv.sampling.SAMPLERS)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
 
