@@ -45,7 +45,7 @@ with gan_tab:
             st.caption("Pick the generators and press Generate.")
         for name, images in (results or {}).items():
             st.markdown(f"**{name}**")
-            common.image_row(images, width=80)
+            common.image_row(images, width=128)
             common.downloads(images, name, key=f"faces_{name}")
 
 with interp_tab:
@@ -73,7 +73,7 @@ with interp_tab:
         if "faces_interp_result" in state:
             name, images = state["faces_interp_result"]
             st.markdown(f"**{name}**: z of seed A's first face to seed B's")
-            common.image_row(images, width=80)
+            common.image_row(images, width=128)
             common.downloads(images, f"{name}_interpolation", nrow=len(images), key="interp")
 
 with vae_tab:
@@ -90,7 +90,7 @@ with vae_tab:
         if go:
             state["faces_vae_result"] = service.generate_faces(vae, document, n, seed, temperature=temperature)
         if "faces_vae_result" in state:
-            common.image_row(state["faces_vae_result"], width=80)
+            common.image_row(state["faces_vae_result"], width=128)
             common.downloads(state["faces_vae_result"], "vae_faces", key="vae")
         st.subheader("Reconstruct a face")
         image = common.upload_image("a face", key="vae_upload")
@@ -123,7 +123,7 @@ with smile_tab:
                 if scorer:
                     captions = [f"P(smile) {p:.2f}" for p in service.attribute_probability(scorer[0], images)]
                 st.markdown(f"**{title}**")
-                common.image_row(images, captions, width=80)
+                common.image_row(images, captions, width=128)
             if not scorer:
                 st.caption(service.missing_note(service.SMILING_CLASSIFIER))
             both = torch.cat([neutral, smiling])

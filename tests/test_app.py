@@ -266,8 +266,12 @@ def test_digits_page(demo_env):
     frame_images = image_urls(app)
     assert any(b.label == "Animation (GIF)" for b in app.download_button)
     assert {"Grid (PNG)", "All images (zip)"} <= {b.label for b in app.download_button}
-    app.select_slider(key="ddpm_frame").set_value("t=49").run()
-    assert not app.exception and image_urls(app) != frame_images  # scrubbing shows x_T, not x_0
+    assert app.select_slider(key="ddpm_frame").value == "t=49"  # the slider starts at x_T
+    app.select_slider(key="ddpm_frame").set_value("x0").run()
+    assert not app.exception and image_urls(app) != frame_images  # scrubbing to x_0 shows another frame
+    all_ten = next(b for b in app.button if b.label == "All ten digits")
+    all_ten.click().run()
+    assert not app.exception and "digits 0-9" in " ".join(m.value for m in app.markdown)
     app.slider(key="ddpm_guidance").set_value(0.0)
     submit(app, "digits_diffusion")
     assert "w = 0.0" in " ".join(m.value for m in app.markdown)
@@ -291,6 +295,7 @@ def test_adaptation_page(demo_env):
 def test_results_page(demo_env):
     app = open_page("app_pages/results.py")
     assert any("Grading report" in m.value for m in app.markdown)
+    assert len(app.expander) >= 1 and any(m.value.startswith("| ") for m in app.markdown)  # tables, not the file
     assert app.download_button[0].label == "Report (Markdown)"
 
 
@@ -357,3 +362,18 @@ def test_space_reads_its_models_from_the_readme(tmp_path, monkeypatch):
     monkeypatch.setenv("DLCV_HUB_REPOS", "org/other")
     assert gradio_app.space_repos() == ["org/other"]
 
+
+
+def test_markdown_tables_and_headline(demo_env):
+    text = "# R\nprose\n## A\ntext\n| a | b |\n| - | - |\n| 1 | 2 |\nmore\n## B\nno table\n### C\n| x |\n"
+    assert service.markdown_tables(text) == [("A", ["| a | b |\n| - | - |\n| 1 | 2 |"]), ("C", ["| x |"])]
+    rows = service.headline(service.catalog())
+    assert rows and all(all(str(v) for v in row.values()) for row in rows)  # no empty cell
+    assert any(r["model"] == "acgan_digits" and r["metric"] == "accuracy 0.500" for r in rows)
+
+
+def test_overview_page_is_a_landing_page(demo_env):
+    app = open_page("app_pages/overview.py")
+    assert not app.exception
+    assert "Headline results" in [s.value for s in app.subheader]
+    assert len(app.expander) == 1 and "checkpoints" in app.expander[0].label
