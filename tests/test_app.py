@@ -333,10 +333,22 @@ def test_gradio_api(demo_env, monkeypatch):
         assert len(gallery) == 4 and note == "sngan_faces: 4 faces" and zipfile.is_zipfile(archive)
         gallery, gif, archive, note = client.predict("ddpm_digits", 2, 3, 0, 1.0, "ddim", 5, api_name="/digits")
         assert len(gallery) == 3 and Image.open(gif).n_frames == 6 and "digit 2" in note
+        gallery, gif, archive, note = client.predict("ddpm_digits", 0, 1.0, "dpm++2m", 5, api_name="/all_digits")
+        assert len(gallery) == 10 and "digits 0-9, dpm++2m-5" in note
         gallery, *_ = client.predict(5, 0, 0.0, api_name="/smiling_pairs")
         assert len(gallery) == 10 and "P(smile)" in gallery[1]["caption"]
-        scores, note = client.predict("mnistm -> svhn", None, 7, api_name="/adapt")
-        assert list(scores) == ["source_only", "dann", "improved"] and "| dann |" in note
+        shown, scores, note = client.predict("mnistm -> svhn", None, 7, api_name="/adapt")
+        assert Image.open(shown).size == (112, 112) and "| dann |" in note  # the input digit is shown
+        plot = scores.get("value", scores) if isinstance(scores, dict) else scores
+        methods = [row[2] for row in plot["data"]]
+        assert sorted(set(methods)) == ["dann", "improved", "source_only"] and len(methods) == 30
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError, match="less than minimum"):  # a bad request: one line
+            client.predict("sngan_faces", 0, 1, 1, "slerp", api_name="/interpolate")
+        with pytest.raises(gradio_app.gr.Error, match="at least 2 images") as raised:  # no traceback in the log
+            gradio_app.one_line_errors(gradio_app.interpolate)("sngan_faces", 0, 1, 1, "slerp")
+        assert raised.value.print_exception is False
         assert "hw2_1" in client.predict(api_name="/report")
         gallery, archive, note = client.predict("wgan_gp_faces", 4, 0, 0.0, api_name="/faces")
         assert gallery == [] and "`wgan_gp_faces` is not available" in note  # a note, not an error
