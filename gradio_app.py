@@ -101,12 +101,13 @@ def list_models() -> dict:
 def faces(name: str, n: int, seed: int, truncation: float):
     """n faces from a face GAN or the VAE; truncation 0 = off (GAN), it is the temperature for the VAE."""
     try:
-        model, document, _ = _load(name)
+        model, document, info = _load(name)
     except MISSING as err:
         return [], None, str(err)
     n, seed = int(n), int(seed)
     if document["architecture"] == "vae":
-        images = service.generate_faces(model, document, n, seed, temperature=float(truncation) or 1.0)
+        images = service.generate_faces(model, document, n, seed, temperature=float(truncation) or 1.0,
+                                        prior=service.latent_prior(info.path))
     else:
         images = service.generate_faces(model, document, n, seed, float(truncation) or None)
     return _gallery(images), _file(service.zip_pngs(images, name), f"{name}_seed{seed}.zip"), f"{name}: {n} faces"

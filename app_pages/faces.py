@@ -79,16 +79,20 @@ with interp_tab:
 with vae_tab:
     loaded = common.get_model(service.FACE_VAE)
     if loaded:
-        vae, document, _ = loaded
+        vae, document, info = loaded
+        prior = service.latent_prior(info.path)
         with st.form("faces_vae"):
             left, mid, right = st.columns(3)
             n = left.slider("samples", 1, 64, 16, key="vae_n")
             with mid:
                 seed = common.seed_input("vae_seed")
-            temperature = right.slider("temperature", 0.1, 1.5, 1.0, 0.05, help="z ~ N(0, temperature^2 I)")
+            temperature = right.slider("temperature", 0.1, 1.5, 1.0, 0.05,
+                                       help="z = mean + temperature * L e, e ~ N(0, I): the Gaussian fitted to the "
+                                            "training latents" if prior else "z ~ N(0, temperature^2 I)")
             go = st.form_submit_button("Generate", type="primary")
         if go:
-            state["faces_vae_result"] = service.generate_faces(vae, document, n, seed, temperature=temperature)
+            state["faces_vae_result"] = service.generate_faces(vae, document, n, seed, temperature=temperature,
+                                                                     prior=prior)
         if "faces_vae_result" in state:
             common.image_row(state["faces_vae_result"], width=128)
             common.downloads(state["faces_vae_result"], "vae_faces", key="vae")

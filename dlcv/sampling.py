@@ -141,15 +141,32 @@ def sample_gan(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor
     return torch.cat(outputs)
 
 
+LATENT_PRIOR_NAME = "latent_prior.safetensors"  # next to a VAE's model.safetensors: {"mean", "scale_tril"}
+
+
+@torch.no_grad()
+def fit_latent_prior(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """A full-covariance Gaussian fitted to the posterior means mu(x) of training images (N, C, H, W) in [-1, 1]:
+    the ex-post density estimate of Ghosh et al. 2020 (sec. 4), which samples where the decoder was trained
+    instead of where N(0, I) puts mass the aggregate posterior leaves empty. {"mean": (D,), "scale_tril": (D, D)}."""
+    model.eval()
+    mu = torch.cat([model.encode(images[i:i + batch_size])[0].float() for i in range(0, len(images), batch_size)])
+    mu = mu.flatten(1).double()  # (N, D)
+    cov = torch.cov(mu.T) + 1e-5 * torch.eye(mu.shape[1], dtype=torch.float64)  # jitter keeps Cholesky stable
+    return {"mean": mu.mean(0).float().contiguous(), "scale_tril": torch.linalg.cholesky(cov).float().contiguous()}
+
+
 @torch.no_grad()
 def sample_vae(model: nn.Module, n: int, seed: int = 0, batch_size: int = 500, device: str | torch.device = "cpu",
-               temperature: float = 1.0) -> torch.Tensor:
-    """n images decode(z_i) in [-1, 1] on the CPU, z_i ~ N(0, temperature^2 I) from a CPU generator seeded seed + i."""
+               temperature: float = 1.0, prior: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """n images decode(z_i) in [-1, 1] on the CPU, z_i = temperature * e_i with e_i ~ N(0, I) from a CPU generator
+    seeded seed + i; with a fitted `prior` (fit_latent_prior), z_i = mean + temperature * scale_tril e_i."""
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
     model.eval()
     outputs = []
     for start in range(0, n, batch_size):
-        z = per_image_noise(image_generators(seed, start, min(batch_size, n - start)), (model.z_dim,))
-        outputs.append(model.decode(temperature * z.to(device)).float().clamp(-1, 1).cpu())
+        e = per_image_noise(image_generators(seed, start, min(batch_size, n - start)), (model.z_dim,))  # (B, D)
+        z = temperature * e if prior is None else prior["mean"] + temperature * e @ prior["scale_tril"].T
+        outputs.append(model.decode(z.to(device)).float().clamp(-1, 1).cpu())
     return torch.cat(outputs)

@@ -186,7 +186,7 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
         from dlcv.sampling import sample_vae
 
         _refuse_options(options, "a VAE")
-        images = sample_vae(model, len(names), seed=seed)
+        images = sample_vae(model, len(names), seed=seed, prior=latent_prior(checkpoint))
     else:
         _refuse_options(options, "a GAN")
         images = sample_gan(model, len(names), seed=seed, labels=labels)
@@ -316,9 +316,10 @@ def _decode(model: torch.nn.Module, document: dict[str, Any], z: torch.Tensor, l
 
 def generate_faces(model: torch.nn.Module, document: dict[str, Any], n: int, seed: int = 0,
                    truncation: float | None = None, temperature: float = 1.0, label: int | None = None,
-                   ) -> torch.Tensor:
+                   prior: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """n images (n, C, H, W) in [-1, 1] from a GAN generator (with optional truncation; `label` for ACGAN) or a
-    VAE (z ~ N(0, temperature^2 I)). Image i uses seed + i, as sample_gan does."""
+    VAE (z ~ N(0, temperature^2 I), or the fitted `prior` of latent_prior(folder)). Image i uses seed + i, as
+    sample_gan does."""
     from dlcv.sampling import sample_gan
 
     architecture = document["architecture"]
@@ -327,11 +328,21 @@ def generate_faces(model: torch.nn.Module, document: dict[str, Any], n: int, see
             from dlcv.sampling import sample_vae
         except ImportError:  # a dlcv without the VAE sampler: the same z draws, decoded here
             return _decode(model, document, _z(model, seed, n) * temperature)
-        return sample_vae(model, n, seed=seed, temperature=temperature)
+        return sample_vae(model, n, seed=seed, temperature=temperature, prior=prior)
     if architecture != "generator":
         raise ValueError(f"a {architecture} checkpoint does not generate faces; pick a generator or a vae")
     labels = torch.full((n,), int(label or 0), dtype=torch.long) if model.config.num_classes > 0 else None
     return sample_gan(model, n, seed=seed, labels=labels, truncation=truncation)
+
+
+def latent_prior(folder: str | Path) -> dict[str, torch.Tensor] | None:
+    """The fitted latent density stored in a VAE checkpoint folder (sampling.LATENT_PRIOR_NAME), else None: N(0, I)."""
+    from safetensors.torch import load_file
+
+    from dlcv.sampling import LATENT_PRIOR_NAME
+
+    path = Path(folder) / LATENT_PRIOR_NAME
+    return load_file(path) if path.is_file() else None
 
 
 def smiling_pairs(generator: torch.nn.Module, n: int, seed: int = 0, truncation: float | None = None,
