@@ -142,9 +142,14 @@ def interpolate(name: str, seed_a: int, seed_b: int, steps: int, mode: str):
 
 
 def vae_reconstruct(image):
-    """The VAE's reconstruction decode(mu) of an uploaded face (converted to 64x64 RGB)."""
+    """The VAE's reconstruction decode(mu) of an uploaded face (converted to 64x64 RGB); without an upload, of
+    method A's first face of seed 0 (the example)."""
     if image is None:
-        return [], "upload a face first"
+        try:
+            generator, document, _ = _load(FACE_DEFAULT)
+        except MISSING:
+            return [], "upload a face first"
+        image = service.to_pil(service.generate_faces(generator, document, 1, 0))[0]
     try:
         vae = _load(service.FACE_VAE)[0]
     except MISSING as err:
@@ -277,7 +282,8 @@ def build() -> gr.Blocks:
             button.click(one_line_errors(interpolate), [interp_name, seed_a, seed_b, steps, mode], [gallery, note],
                          api_name="interpolate")
             gr.Markdown("### VAE reconstruction")
-            upload = gr.Image(type="pil", label="a face (converted to 64x64 RGB)", sources=["upload"])
+            upload = gr.Image(type="pil", label="a face (converted to 64x64 RGB; empty: method A's example face)",
+                              sources=["upload"])
             button = gr.Button("Reconstruct")
             gallery, note = gr.Gallery(format="png", columns=2, label="input / reconstruction"), gr.Markdown()
             button.click(one_line_errors(vae_reconstruct), [upload], [gallery, note], api_name="vae_reconstruct")

@@ -97,7 +97,15 @@ with vae_tab:
             common.image_row(state["faces_vae_result"], width=128)
             common.downloads(state["faces_vae_result"], "vae_faces", key="vae")
         st.subheader("Reconstruct a face")
-        image = common.upload_image("a face", key="vae_upload")
+        source = st.radio("face", ["example", "upload"], horizontal=True, key="vae_source",
+                          help="the example is method A's first face of seed 0 (no upload needed)")
+        if source == "upload":
+            image = common.upload_image("a face", key="vae_upload")
+        else:
+            example = common.get_model(service.FACE_GAN_ORDER[0], quiet=True)
+            image = service.to_pil(service.generate_faces(example[0], example[1], 1, 0))[0] if example else None
+            if image is None:
+                st.caption("No example face: " + service.missing_note(service.FACE_GAN_ORDER[0]))
         if image is not None:
             x, x_hat, note = service.reconstruct(vae, image)
             pair = torch.cat([x, x_hat])

@@ -234,9 +234,10 @@ def test_faces_page(demo_env):
     assert not app.info or all("wgan" not in i.value for i in app.info)
     submit(app, "faces_gan")
     first = image_urls(app)
-    assert len(first) == 2 * 16  # method A and B, 16 faces each
+    assert len(first) == 2 * 16 + (2 if HAS_VAE else 0)  # method A and B, 16 faces each (+ the example face and its VAE reconstruction)
     labels = [b.label for b in app.download_button]
-    assert labels.count("Grid (PNG)") == 2 and labels.count("All images (zip)") == 2
+    extra = 1 if HAS_VAE else 0  # the example reconstruction has its downloads too
+    assert labels.count("Grid (PNG)") == 2 + extra and labels.count("All images (zip)") == 2 + extra
     app.number_input(key="faces_gan_seed").set_value(7)
     submit(app, "faces_gan")
     assert image_urls(app) != first  # another seed, other faces
@@ -247,6 +248,8 @@ def test_faces_page(demo_env):
     assert sum(c.startswith("P(smile)") for c in captions) == 2 * 8
     if HAS_VAE:
         submit(app, "faces_vae")
+        assert any("reconstruction" in element.captions for element in app.image)  # the example face, no upload
+        app.radio(key="vae_source").set_value("upload").run()
         app.file_uploader(key="vae_upload").set_value(("face.png", png_bytes(Image.new("L", (40, 40))), "image/png"))
         app.run()
         assert not app.exception
