@@ -54,7 +54,7 @@ def seed_input(key: str, label: str = "seed", value: int = 0) -> int:
     return int(st.number_input(label, min_value=0, max_value=2**31 - 1, value=value, step=1, key=key))
 
 
-def image_row(images: torch.Tensor, captions: list[str] | None = None, width: int = 96, scale: int = 1) -> None:
+def image_row(images: torch.Tensor, captions: list[str] | None = None, width: int = 128, scale: int = 1) -> None:
     """Show (N, C, H, W) images in [-1, 1] side by side."""
     st.image(service.to_pil(images, scale), caption=captions, width=width)
 

@@ -28,12 +28,21 @@ with diffusion_tab:
             guidance = left.slider("guidance weight w", 0.0, 8.0, float(defaults.guidance), 0.5,
                                    key="ddpm_guidance",
                                    help="classifier-free guidance: eps = (1 + w) eps(x, y) - w eps(x); 0 = none")
-            sampler = mid.radio("sampler", ["ddim", "ddpm"], horizontal=True,
-                                help=f"ddpm runs all {document['schedule']['num_timesteps']} steps (slow on a CPU)")
+            samplers = list(service.SAMPLERS)
+            default_sampler = defaults.sampler
+            sampler = mid.radio("sampler", samplers, horizontal=True,
+                                index=samplers.index(default_sampler) if default_sampler in samplers else 0,
+                                help="dpm++2m: DPM-Solver++(2M), fewest steps; ddim: Song et al. 2021; "
+                                     f"ddpm runs all {document['schedule']['num_timesteps']} steps (slow on a CPU)")
             T = document["schedule"]["num_timesteps"]
-            steps = right.slider("DDIM steps", min(5, T), min(200, T), min(25, T), key="ddpm_steps")
-            go = st.form_submit_button("Generate", type="primary")
-        if go:
+            steps = right.slider("steps (dpm++2m / ddim)", min(5, T), min(200, T),
+                                 min(max(int(defaults.steps), 5), T), key="ddpm_steps",
+                                 help="the checkpoint's default is preset")
+            left, right, _ = st.columns([1, 1, 4])
+            go = left.form_submit_button("Generate", type="primary")
+            all_ten = right.form_submit_button("All ten digits", help="one image of each digit 0..9")
+        if go or all_ten:
+            digit = None if all_ten else digit
             bar = st.progress(0.0, text="denoising")
             images, frames = service.digits(model, document, digit, count, seed, guidance, sampler, steps,
                                             progress=common.progress_callback(bar, "denoising"))
@@ -45,21 +54,23 @@ with diffusion_tab:
             st.caption("Choose a digit and press Generate.")
         else:
             images, frames = result["images"], result["frames"]
-            label = f"{result['sampler'].upper()}" + (f"-{result['steps']}" if result["sampler"] == "ddim" else "")
-            st.markdown(f"**digit {result['digit']}**, {label}, w = {result['guidance']}")
-            common.image_row(images, width=84, scale=3)
-            common.downloads(images, f"digit_{result['digit']}", nrow=10, key="ddpm")
+            label = f"{result['sampler'].upper()}" + (f"-{result['steps']}" if result["sampler"] != "ddpm" else "")
+            what = "digits 0-9" if result["digit"] is None else f"digit {result['digit']}"
+            st.markdown(f"**{what}**, {label}, w = {result['guidance']}")
+            common.image_row(images, width=128, scale=5)
+            common.downloads(images, f"digit_{result['digit'] if result['digit'] is not None else 'all'}", nrow=10, key="ddpm")
             st.subheader("Reverse process")
             names = [f"t={t}" if t >= 0 else "x0" for t, _ in frames]
-            shown = st.select_slider("step", names, value=names[-1], key="ddpm_frame")
-            common.image_row(dict(zip(names, (x for _, x in frames)))[shown], width=84, scale=3)
+            shown = st.select_slider("step (from pure noise x_T to the digit x_0)", names, value=names[0],
+                                     key="ddpm_frame")
+            common.image_row(dict(zip(names, (x for _, x in frames)))[shown], width=128, scale=5)
             strip = [frames[round(i * (len(frames) - 1) / 7)] for i in range(8)]  # 8 evenly spaced, x_T ... x_0
             st.markdown("first image from x_T to x_0")
             common.image_row(torch.stack([x[0] for _, x in strip]),
-                             [f"t={t}" if t >= 0 else "x0" for t, _ in strip], width=84, scale=3)
+                             [f"t={t}" if t >= 0 else "x0" for t, _ in strip], width=128, scale=5)
             gif = service.reverse_gif(frames)
             st.image(gif, caption="the whole batch, x_T -> x_0", width=min(84 * len(images), 840))
-            st.download_button("Animation (GIF)", gif, f"digit_{result['digit']}_reverse.gif", "image/gif",
+            st.download_button("Animation (GIF)", gif, f"digit_{result['digit'] if result['digit'] is not None else 'all'}_reverse.gif", "image/gif",
                                key="ddpm_gif", icon=":material/download:")
 
 with gan_tab:
@@ -80,7 +91,7 @@ with gan_tab:
             state["digits_gan_result"] = (digit, service.digits(model, document, digit, count, seed)[0])
         if "digits_gan_result" in state:
             digit, images = state["digits_gan_result"]
-            common.image_row(images, width=84, scale=3)
+            common.image_row(images, width=128, scale=5)
             common.downloads(images, f"acgan_digit_{digit}", nrow=10, key="acgan")
         else:
             st.caption("Choose a digit and press Generate.")

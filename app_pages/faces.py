@@ -45,7 +45,7 @@ with gan_tab:
             st.caption("Pick the generators and press Generate.")
         for name, images in (results or {}).items():
             st.markdown(f"**{name}**")
-            common.image_row(images, width=80)
+            common.image_row(images, width=128)
             common.downloads(images, name, key=f"faces_{name}")
 
 with interp_tab:
@@ -73,27 +73,39 @@ with interp_tab:
         if "faces_interp_result" in state:
             name, images = state["faces_interp_result"]
             st.markdown(f"**{name}**: z of seed A's first face to seed B's")
-            common.image_row(images, width=80)
+            common.image_row(images, width=128)
             common.downloads(images, f"{name}_interpolation", nrow=len(images), key="interp")
 
 with vae_tab:
     loaded = common.get_model(service.FACE_VAE)
     if loaded:
-        vae, document, _ = loaded
+        vae, document, info = loaded
+        prior = service.latent_prior(info.path)
         with st.form("faces_vae"):
             left, mid, right = st.columns(3)
             n = left.slider("samples", 1, 64, 16, key="vae_n")
             with mid:
                 seed = common.seed_input("vae_seed")
-            temperature = right.slider("temperature", 0.1, 1.5, 1.0, 0.05, help="z ~ N(0, temperature^2 I)")
+            temperature = right.slider("temperature", 0.1, 1.5, 1.0, 0.05,
+                                       help="z = mean + temperature * L e, e ~ N(0, I): the Gaussian fitted to the "
+                                            "training latents" if prior else "z ~ N(0, temperature^2 I)")
             go = st.form_submit_button("Generate", type="primary")
         if go:
-            state["faces_vae_result"] = service.generate_faces(vae, document, n, seed, temperature=temperature)
+            state["faces_vae_result"] = service.generate_faces(vae, document, n, seed, temperature=temperature,
+                                                                     prior=prior)
         if "faces_vae_result" in state:
-            common.image_row(state["faces_vae_result"], width=80)
+            common.image_row(state["faces_vae_result"], width=128)
             common.downloads(state["faces_vae_result"], "vae_faces", key="vae")
         st.subheader("Reconstruct a face")
-        image = common.upload_image("a face", key="vae_upload")
+        source = st.radio("face", ["example", "upload"], horizontal=True, key="vae_source",
+                          help="the example is method A's first face of seed 0 (no upload needed)")
+        if source == "upload":
+            image = common.upload_image("a face", key="vae_upload")
+        else:
+            example = common.get_model(service.FACE_GAN_ORDER[0], quiet=True)
+            image = service.to_pil(service.generate_faces(example[0], example[1], 1, 0))[0] if example else None
+            if image is None:
+                st.caption("No example face: " + service.missing_note(service.FACE_GAN_ORDER[0]))
         if image is not None:
             x, x_hat, note = service.reconstruct(vae, image)
             pair = torch.cat([x, x_hat])
@@ -123,7 +135,7 @@ with smile_tab:
                 if scorer:
                     captions = [f"P(smile) {p:.2f}" for p in service.attribute_probability(scorer[0], images)]
                 st.markdown(f"**{title}**")
-                common.image_row(images, captions, width=80)
+                common.image_row(images, captions, width=128)
             if not scorer:
                 st.caption(service.missing_note(service.SMILING_CLASSIFIER))
             both = torch.cat([neutral, smiling])

@@ -1,4 +1,5 @@
-"""Overview: what is shipped (one row per checkpoint, its measured metrics), and a classifier to try on an image."""
+"""Landing page: what the project does, one picture per family, the headline results, then every checkpoint and a
+classifier to try on an image."""
 
 import pandas as pd
 import streamlit as st
@@ -8,8 +9,16 @@ from dlcv import service
 
 common.sidebar()
 st.title("dlcv")
-st.caption("Image generation and domain adaptation from a Deep Learning for Computer Vision course, as software. "
-           "Faces, Digits and Adaptation are in the menu.")
+st.markdown("Image generation and domain adaptation from a Deep Learning for Computer Vision course, as software: "
+            "**faces** from GANs and a VAE (64x64 CelebA, with a Smiling-conditioned ACGAN), **digits** from a "
+            "class-conditional diffusion model and an ACGAN (MNIST-M), and **domain adaptation** of digit "
+            "classifiers between MNIST, MNIST-M and USPS (source only, DANN and an improved method). Every model "
+            "runs on a CPU; the pages in the menu generate and classify live.")
+
+figures = service.landing_figures()
+if figures:
+    for column, (caption, path) in zip(st.columns(len(figures)), figures):
+        column.image(str(path), caption=caption, width="stretch")
 
 models = list(common.catalog().models.values())
 if not models:
@@ -17,9 +26,14 @@ if not models:
             "`python -m dlcv train classifier_digits --out checkpoints/classifier_digits_mnistm`.")
     st.stop()
 
-st.subheader("Shipped checkpoints")
-st.dataframe(pd.DataFrame([{"name": m.name, "family": m.family, "architecture": m.architecture,
-                            **service.scalar_metrics(m)} for m in models]), hide_index=True)
+rows = service.headline(common.catalog())
+if rows:
+    st.subheader("Headline results")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+with st.expander(f"All {len(models)} checkpoints"):
+    st.dataframe(pd.DataFrame([{"name": m.name, "family": m.family, "architecture": m.architecture,
+                                **service.scalar_metrics(m)} for m in models]).astype(str).replace("nan", ""), hide_index=True)
 
 classifiers = [m for m in models if m.architecture == "classifier"]
 if classifiers:

@@ -1,7 +1,11 @@
-"""Noise schedule and the DDPM / DDIM update rules: maths only, no nn.Module, nothing stored in checkpoints.
+"""Noise schedule and the DDPM / DDIM / DPM-Solver++(2M) update rules: maths only, no nn.Module, nothing stored
+in checkpoints.
 
 Notation of Ho et al. 2020 (DDPM) and Song et al. 2021 (DDIM): beta_t, alpha_t = 1 - beta_t,
 alpha_bar_t = prod_{s<=t} alpha_s, x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps.
+DPM-Solver++ (Lu et al. 2022) writes the same marginals as x_t = a_t x0 + s_t eps with a_t = sqrt(alpha_bar_t)
+(the paper's alpha_t) and s_t = sqrt(1 - alpha_bar_t) (its sigma_t), and lambda_t = log(a_t / s_t), the half
+log-SNR.
 """
 
 from __future__ import annotations
@@ -111,6 +115,56 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps={steps} must be between 1 and the schedule's {num_timesteps} timesteps")
     return [int(round(x)) for x in torch.linspace(num_timesteps - 1, 0, steps).tolist()]
+
+
+def dpm_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """The `steps` timesteps where DPM-Solver++ calls the network: `steps` + 1 points evenly spaced from T-1 to 0
+    (Lu et al. 2022's time-uniform t_M > ... > t_0) less the last, t_0 = 0, which the last update lands on
+    without a network call (its x_0 is the sample: s_0 = sqrt(beta_1) = 0.01)."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps={steps} must be between 1 and the schedule's {num_timesteps} timesteps")
+    return [int(round(x)) for x in torch.linspace(num_timesteps - 1, 0, steps + 1)[:-1].tolist()]
+
+
+def sampler_timesteps(sampler: str, num_timesteps: int, steps: int) -> list[int]:
+    """The timesteps at which a sampler calls the network, from x_T's end down: all T for "ddpm"."""
+    if sampler == "ddpm":
+        return list(range(num_timesteps - 1, -1, -1))
+    if sampler == "dpm++2m":
+        return dpm_timesteps(num_timesteps, steps)
+    return ddim_timesteps(num_timesteps, steps)
+
+
+def half_log_snr(schedule: NoiseSchedule, t: int) -> float:
+    """lambda_t = log(a_t / s_t) = 0.5 log(alpha_bar_t / (1 - alpha_bar_t)); +inf for t = -1 (x0 itself)."""
+    if t < 0:
+        return math.inf
+    ab = float(schedule.alpha_bar[t])
+    return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+def dpm_solver_2m_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_prev: int, x0: torch.Tensor,
+                       x0_last: torch.Tensor | None, t_last: int | None) -> torch.Tensor:
+    """DPM-Solver++(2M) update x_t -> x_{t_prev} from data predictions, Lu et al. 2022 Algorithm 2:
+
+        h = lambda_{t_prev} - lambda_t,  r = h_last / h,  D = (1 + 1/(2r)) x0 - 1/(2r) x0_last,
+        x_{t_prev} = (s_{t_prev} / s_t) x_t - a_{t_prev} (e^{-h} - 1) D.
+
+    `x0` = x0_theta(x_t, t), `x0_last` = x0_theta at the previous timestep `t_last` (None on the first step: D = x0,
+    the first-order DPM-Solver++(1), which is DDIM with eta = 0). t_prev = -1 means "to x0" (s = 0, lambda = inf),
+    where only the first-order step is defined: it returns x0.
+    """
+    if t_prev < 0:
+        return x0
+    lam_t, lam_prev = half_log_snr(schedule, t), half_log_snr(schedule, t_prev)
+    h = lam_prev - lam_t
+    a_prev = math.sqrt(float(schedule.alpha_bar[t_prev]))
+    s_t, s_prev = math.sqrt(1 - float(schedule.alpha_bar[t])), math.sqrt(1 - float(schedule.alpha_bar[t_prev]))
+    D = x0
+    if x0_last is not None and t_last is not None:
+        r = (lam_t - half_log_snr(schedule, t_last)) / h
+        D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_last
+    return (s_prev / s_t) * x_t - a_prev * math.expm1(-h) * D
 
 
 def guided_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> torch.Tensor:

@@ -77,11 +77,11 @@ def diffusion_figures(model: torch.nn.Module, document: dict, out: Path, name: s
     labels = torch.arange(model.config.num_classes).repeat_interleave(10)
     from dlcv.metadata import sampling_config
 
-    steps = sampling_config(document).steps
+    sampling = sampling_config(document)
     num_timesteps = document["schedule"]["num_timesteps"]
-    from dlcv.diffusion import ddim_timesteps
+    from dlcv.diffusion import sampler_timesteps
 
-    timesteps = ddim_timesteps(num_timesteps, steps)
+    timesteps = sampler_timesteps(sampling.sampler, num_timesteps, sampling.steps)
     ts = [timesteps[round(i * (len(timesteps) - 1) / 5)] for i in range(5)]  # five x_t from t = T-1 down
     images, kept = generate_digits(model, document, labels, seed=seed, keep=tuple(ts))
     grid = save_grid(images, out / f"{name}_grid.png", nrow=10)

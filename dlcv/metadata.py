@@ -134,7 +134,7 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- sampling defaults
 
-Sampler = Literal["ddpm", "ddim"]  # a new sampler: add its name here and its branch in sampling.sample_diffusion
+Sampler = Literal["ddpm", "ddim", "dpm++2m"]  # a new sampler: add its name here and its branch in sampling.sample_diffusion
 
 
 @dataclass

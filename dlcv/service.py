@@ -28,6 +28,7 @@ from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, 
 from dlcv.data.loaders import to_model_range
 
 DIGIT_LABELS = [str(d) for d in range(10)]
+SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (dlcv.sampling.SAMPLERS)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
 
@@ -191,7 +192,7 @@ def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | N
         from dlcv.sampling import sample_vae
 
         _refuse_options(options, "a VAE")
-        images = sample_vae(model, len(names), seed=seed)
+        images = sample_vae(model, len(names), seed=seed, prior=latent_prior(checkpoint))
     else:
         _refuse_options(options, "a GAN")
         images = sample_gan(model, len(names), seed=seed, labels=labels)
@@ -305,9 +306,10 @@ def _decode(model: torch.nn.Module, document: dict[str, Any], z: torch.Tensor, l
 
 def generate_faces(model: torch.nn.Module, document: dict[str, Any], n: int, seed: int = 0,
                    truncation: float | None = None, temperature: float = 1.0, label: int | None = None,
-                   ) -> torch.Tensor:
+                   prior: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """n images (n, C, H, W) in [-1, 1] from a GAN generator (with optional truncation; `label` for ACGAN) or a
-    VAE (z ~ N(0, temperature^2 I)). Image i uses seed + i, as sample_gan does."""
+    VAE (z ~ N(0, temperature^2 I), or the fitted `prior` of latent_prior(folder)). Image i uses seed + i, as
+    sample_gan does."""
     from dlcv.sampling import sample_gan
 
     architecture = document["architecture"]
@@ -316,11 +318,21 @@ def generate_faces(model: torch.nn.Module, document: dict[str, Any], n: int, see
             from dlcv.sampling import sample_vae
         except ImportError:  # a dlcv without the VAE sampler: the same z draws, decoded here
             return _decode(model, document, _z(model, seed, n) * temperature)
-        return sample_vae(model, n, seed=seed, temperature=temperature)
+        return sample_vae(model, n, seed=seed, temperature=temperature, prior=prior)
     if architecture != "generator":
         raise ValueError(f"a {architecture} checkpoint does not generate faces; pick a generator or a vae")
     labels = torch.full((n,), int(label or 0), dtype=torch.long) if model.config.num_classes > 0 else None
     return sample_gan(model, n, seed=seed, labels=labels, truncation=truncation)
+
+
+def latent_prior(folder: str | Path) -> dict[str, torch.Tensor] | None:
+    """The fitted latent density stored in a VAE checkpoint folder (sampling.LATENT_PRIOR_NAME), else None: N(0, I)."""
+    from safetensors.torch import load_file
+
+    from dlcv.sampling import LATENT_PRIOR_NAME
+
+    path = Path(folder) / LATENT_PRIOR_NAME
+    return load_file(path) if path.is_file() else None
 
 
 def smiling_pairs(generator: torch.nn.Module, n: int, seed: int = 0, truncation: float | None = None,
@@ -380,27 +392,32 @@ def attribute_probability(classifier: torch.nn.Module, images: torch.Tensor) -> 
 # ---------------------------------------------------------------- digits
 
 def reverse_keep(sampler: str, steps: int, num_timesteps: int, frames: int = 50) -> tuple[int, ...]:
-    """Timesteps whose x_t to keep for the reverse-process animation: every DDIM step (or `frames` of them),
+    """Timesteps whose x_t to keep for the reverse-process animation: every DDIM/DPM-Solver step (or `frames` of them),
     `frames` evenly spaced ones of a full DDPM run."""
-    from dlcv.diffusion import ddim_timesteps
+    from dlcv.diffusion import sampler_timesteps
 
-    timesteps = ddim_timesteps(num_timesteps, steps) if sampler == "ddim" else list(range(num_timesteps - 1, -1, -1))
+    timesteps = sampler_timesteps(sampler, num_timesteps, steps)
     if len(timesteps) <= frames:
         return tuple(timesteps)
     return tuple(timesteps[round(i * (len(timesteps) - 1) / (frames - 1))] for i in range(frames))
 
 
-def digits(model: torch.nn.Module, document: dict[str, Any], digit: int, count: int, seed: int = 0,
+def digits(model: torch.nn.Module, document: dict[str, Any], digit: int | None, count: int, seed: int = 0,
            guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
            frames: int = 50, progress=None) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """`count` images of `digit` (count, C, H, W) in [-1, 1], and the reverse process as [(t, x_t), ...] from
-    x_T to x_0 (diffusion only; a GAN has none). Unset diffusion options use the checkpoint's defaults."""
+    x_T to x_0 (diffusion only; a GAN has none). Unset diffusion options use the checkpoint's defaults.
+    digit=None gives one image of every digit 0..9 (count is ignored)."""
     from dlcv.sampling import sample_gan
 
     num_classes = model.config.num_classes
-    if not 0 <= digit < num_classes:
+    if digit is None:
+        labels = torch.arange(num_classes)
+        count = num_classes
+    elif not 0 <= digit < num_classes:
         raise ValueError(f"digit={digit}; this checkpoint knows digits 0..{num_classes - 1}")
-    labels = torch.full((count,), digit, dtype=torch.long)
+    else:
+        labels = torch.full((count,), digit, dtype=torch.long)
     if document["architecture"] == "generator":
         images = sample_gan(model, count, seed=seed, labels=labels)
         if progress is not None:
@@ -546,3 +563,79 @@ def example_digit(digit: int, size: int = 28, domain: str = "mnistm") -> Image.I
     draw.text(((size - (right - left)) / 2 - left, (size - (bottom - top)) / 2 - top), str(digit),
               fill=(255, 255, 255) if grey else (235, 220, 120), font=font)
     return image
+
+
+# ---------------------------------------------------------------- landing and results pages
+
+# (family, checkpoint, metric key, how to show it, protocol): the one figure that matters per shipped model
+HEADLINE_METRICS = (
+    ("faces: GAN method A (DCGAN)", "dcgan_faces", "fid", "FID {:.2f}", "1000 samples vs data/face/val"),
+    ("faces: GAN method B (SNGAN)", "sngan_faces", "fid", "FID {:.2f}", "1000 samples vs data/face/val"),
+    ("faces: Smiling ACGAN", "acgan_faces", "attribute_agreement", "Smiling agreement {:.3f}",
+     "1000 samples, smiling_classifier on label vs image"),
+    ("faces: VAE", "vae_faces", "test_mse", "reconstruction MSE {:.4f}", "data/face/test, pixels in [0, 1]"),
+    ("digits: diffusion", "ddpm_digits", "digit_accuracy", "accuracy {:.3f}", "course classifier, 100 digits per class"),
+    ("digits: ACGAN", "acgan_digits", "digit_accuracy", "accuracy {:.3f}", "course classifier, 100 digits per class"),
+)
+LANDING_FIGURES = (("faces (method A)", "dcgan_faces_grid.png"), ("smiling pairs", "acgan_faces_pairs.png"),
+                   ("digits (diffusion)", "ddpm_digits_grid.png"), ("adaptation t-SNE", "tsne_*_class.png"))
+
+
+def headline(cat: Catalog) -> list[dict[str, str]]:
+    """One row per shipped model family: {family, model, metric, protocol}; only rows whose metric is recorded,
+    and per adaptation pair its best method's target test accuracy (next to source-only's when shipped)."""
+    rows = []
+    for family, name, key, fmt, protocol in HEADLINE_METRICS:
+        value = cat.models[name].metrics.get(key) if name in cat.models else None
+        if isinstance(value, (int, float)):
+            rows.append({"family": family, "model": name, "metric": fmt.format(value), "protocol": protocol})
+    for pair, methods in cat.uda_pairs().items():
+        scored = {m: info.metrics.get("target_test_acc") for m, info in methods.items()}
+        scored = {m: v for m, v in scored.items() if isinstance(v, (int, float))}
+        if not scored:
+            continue
+        best = max(scored, key=scored.get)
+        lower = f" (source only {scored['source_only']:.3f})" if "source_only" in scored and best != "source_only" \
+            else ""
+        rows.append({"family": f"adaptation: {pair}", "model": methods[best].name,
+                     "metric": f"target test accuracy {scored[best]:.3f}{lower}",
+                     "protocol": "target test split, checkpoint chosen without target labels"})
+    return rows
+
+
+def landing_figures(folder: str | Path | None = None) -> list[tuple[str, Path]]:
+    """(caption, path) of one picture per family that exists in the figures folder."""
+    folder = Path(folder) if folder else figures_root()
+    found = []
+    for caption, pattern in LANDING_FIGURES:
+        matches = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        preferred = [m for m in matches if "vada_mnistm_to_usps" in m.name] or matches
+        if preferred:
+            found.append((caption, preferred[0]))
+    return found
+
+
+def results_path() -> Path:
+    """RESULTS.md of the repository."""
+    return Path(__file__).resolve().parents[1] / "RESULTS.md"
+
+
+def markdown_tables(text: str) -> list[tuple[str, list[str]]]:
+    """The tables of a Markdown document by section: [(heading, [table markdown, ...]), ...], sections without
+    a table left out (the Results page shows the figures, not the prose)."""
+    sections: list[tuple[str, list[str]]] = []
+    heading, tables, table = "", [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            tables.append("\n".join(table))
+            table = []
+        if line.startswith("#"):
+            if tables:
+                sections.append((heading, tables))
+            heading, tables = line.lstrip("#").strip(), []
+    if tables:
+        sections.append((heading, tables))
+    return sections

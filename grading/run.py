@@ -49,7 +49,7 @@ class Entry:
     checkpoint: str = ""
     sha256: str = ""
     seed: int | None = None
-    status: str = "ok"  # ok | missing (checkpoint not shipped) | failed
+    status: str = "ok"  # ok | skipped (its data is not in DATA_DIR) | missing (checkpoint not shipped) | failed
     message: str = ""
     seconds: float = 0.0
     files: int = 0
@@ -58,6 +58,30 @@ class Entry:
 
 class Missing(Exception):
     """A checkpoint that is not shipped: recorded as status 'missing', not as a crash."""
+
+
+class Skipped(Exception):
+    """Data the entry needs is not in DATA_DIR: recorded as status 'skipped'; it does not fail the run."""
+
+
+def has_face_data(data: Path) -> bool:
+    """Whether DATA_DIR has face images (data/face/<split>/*.png)."""
+    return (data / "face").is_dir() and any((data / "face").rglob("*.png"))
+
+
+def has_digit_data(data: Path, domain: str) -> bool:
+    """Whether DATA_DIR has the digits domain with images (data/digits/<domain>/data/)."""
+    folder = data / "digits" / domain / "data"
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def need_data(present: bool, what: str) -> None:
+    """Skip the entry, with the one-line reason, when its data is absent."""
+    if not present:
+        raise Skipped(f"skipped (no {what} data)")
+
+
+ENTRY_COUNTER = {"done": 0}  # entries started in this run, for the progress lines
 
 
 def checkpoint_path(name: str, root: Path) -> Path:
@@ -69,18 +93,25 @@ def checkpoint_path(name: str, root: Path) -> Path:
     return path
 
 
-def run_entry(entry: Entry, work: Callable[[Entry], None]) -> Entry:
-    """Run one entry's work, timing it; any exception becomes status 'failed' with a one-line message."""
+def run_entry(entry: Entry, work: Callable[[Entry], None], quiet: bool = False) -> Entry:
+    """Run one entry's work, timing it; any exception becomes status 'failed' with a one-line message. One line
+    when it starts and one when it ends (`quiet`: none, for an attempt whose caller may retry another way)."""
     start = time.perf_counter()
+    if not quiet:
+        ENTRY_COUNTER["done"] += 1
+        log.info("  [%d] %s ...", ENTRY_COUNTER["done"], entry.output)
     try:
         work(entry)
+    except Skipped as err:
+        entry.status, entry.message = "skipped", str(err)
     except Missing as err:
         entry.status, entry.message = "missing", str(err)
     except Exception as err:  # noqa: BLE001 - a failed output must never hide the other outputs
         entry.status, entry.message = "failed", f"{type(err).__name__}: {err}"
         log.debug("%s failed:\n%s", entry.output, traceback.format_exc())
     entry.seconds = round(time.perf_counter() - start, 2)
-    log.info("  %-40s %-7s %6.1f s  %s", entry.output, entry.status, entry.seconds, entry.message)
+    if not quiet:
+        log.info("      %-40s %-7s %6.1f s  %s", entry.output, entry.status, entry.seconds, entry.message)
     return entry
 
 
@@ -123,15 +154,18 @@ def run_figures_command(checkpoint: Path, out: Path, data: Path, seed: int = 0) 
         raise RuntimeError(f"`python -m dlcv figures {checkpoint.name}` wrote no figure for this checkpoint")
 
 
-def figures_entry(name: str, rel: str, ctx: Context) -> Entry:
-    """Every figure of checkpoint `name` into OUT/rel."""
+def figures_entry(name: str, rel: str, ctx: Context, needs: tuple[tuple[bool, str], ...] = (),
+                  quiet: bool = False) -> Entry:
+    """Every figure of checkpoint `name` into OUT/rel; `needs` = ((present, what), ...) skips it without data."""
     def work(entry: Entry) -> None:
+        for present, what in needs:
+            need_data(present, what)
         path = checkpoint_path(name, ctx.checkpoints)
         record_checkpoint(entry, path)
         entry.seed = ctx.seed
         run_figures_command(path, ctx.out / rel, ctx.data, ctx.seed)
         entry.files = count_files(ctx.out / rel)
-    return run_entry(Entry(output=rel), work)
+    return run_entry(Entry(output=rel), work, quiet=quiet)
 
 
 # ---------------------------------------------------------------- parts
@@ -152,16 +186,37 @@ def sample_entry(rel: str, name: str, ctx: Context, **count: int) -> Entry:
         path = checkpoint_path(name, ctx.checkpoints)
         record_checkpoint(entry, path)
         entry.seed = ctx.seed
-        folder = service.sample_to_folder(path, ctx.out / rel, seed=ctx.seed, force=True, **count)
+        options = {}
+        if checkpoint.read_config(path).get("architecture") == "unet":  # minutes on a CPU: show a bar
+            options["progress"] = progress_bar(rel)
+        folder = service.sample_to_folder(path, ctx.out / rel, seed=ctx.seed, force=True, **count, **options)
         entry.files = count_files(folder)
     return run_entry(Entry(output=rel), work)
 
 
+def progress_bar(what: str) -> Callable[[int, int], None]:
+    """A progress(done, total) callback drawing a tqdm bar on stderr (closed when done reaches total)."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"      {what}", unit="img-step", leave=False, mininterval=1.0)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
 def part_faces(ctx: Context) -> list[Entry]:
-    """faces/gan_a, faces/gan_b (1000 PNGs each) and faces/figures/<checkpoint>/."""
+    """faces/gan_a, faces/gan_b (1000 PNGs each) and faces/figures/<checkpoint>/ (the VAE's need face data:
+    reconstructions)."""
     entries = [sample_entry(f"faces/{folder}", name, ctx, n=N_FACES) for folder, name in FACE_MODELS.items()]
     for name in FACE_FIGURE_MODELS:
-        entries.append(figures_entry(name, f"faces/figures/{name}", ctx))
+        needs = ((has_face_data(ctx.data), "face"),) if name == "vae_faces" else ()
+        entries.append(figures_entry(name, f"faces/figures/{name}", ctx, needs))
     return entries
 
 
@@ -183,7 +238,7 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     diffusion the reverse process of the first "0" (the same seed as 0_001.png)."""
     from dlcv.data.digits import read_image_folder
     from dlcv.data.loaders import to_model_range
-    from dlcv.diffusion import ddim_timesteps
+    from dlcv.diffusion import sampler_timesteps
     from dlcv.viz import save_grid, save_strip
 
     path = checkpoint_path(name, ctx.checkpoints)
@@ -201,7 +256,8 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
     if document["architecture"] == "unet":
         from dlcv.metadata import sampling_config
 
-        steps = ddim_timesteps(document["schedule"]["num_timesteps"], sampling_config(document).steps)
+        sampling = sampling_config(document)
+        steps = sampler_timesteps(sampling.sampler, document["schedule"]["num_timesteps"], sampling.steps)
         keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         x0, kept = service.generate_digits(model, document, torch.zeros(1, dtype=torch.long), seed=ctx.seed,
                                            keep=keep)
@@ -260,7 +316,7 @@ def part_adaptation(ctx: Context) -> list[Entry]:
                           f"{ctx.checkpoints}/uda_<method>_<source>_to_<target>)")
         return [run_entry(Entry(output="adaptation"), nothing_shipped)]
     entries = []
-    for (source, target), pair in pairs.items():
+    for (source, target), pair in sorted(pairs.items()):
         candidates = {name: {"method": method, **_metrics(ctx.checkpoints / name)}
                       for method, name in pair.methods.items()}
         if pair.shipped is None:
@@ -270,8 +326,11 @@ def part_adaptation(ctx: Context) -> list[Entry]:
             entries.append(run_entry(Entry(output=f"adaptation/{catalog.pair_name(source, target)}.csv"), unranked))
             continue
         path = ctx.checkpoints / pair.shipped
+        has_target, has_source = has_digit_data(ctx.data, target), has_digit_data(ctx.data, source)
 
-        def work(entry: Entry, source=source, target=target, path=path, candidates=candidates) -> None:
+        def work(entry: Entry, source=source, target=target, path=path, candidates=candidates,
+                 has_target=has_target) -> None:
+            need_data(has_target, target)
             record_checkpoint(entry, path)
             folder, names, chosen_by = target_images(ctx.data, target)
             write_predictions(ctx.out / entry.output, names, predict_folder(path, folder, names))
@@ -280,11 +339,17 @@ def part_adaptation(ctx: Context) -> list[Entry]:
                              "candidates": candidates}
         entries.append(run_entry(Entry(output=f"adaptation/{catalog.pair_name(source, target)}.csv"), work))
         rel = f"adaptation/figures/{path.name}"
-        figures = figures_entry(path.name, rel, ctx)
+        needs = ((has_source, source), (has_target, target))  # t-SNE of source and target features
+        figures = figures_entry(path.name, rel, ctx, needs, quiet=True)
+        ENTRY_COUNTER["done"] += 1
         if figures.status == "failed":  # this dlcv's figures command draws no UDA t-SNE: draw it here
-            note = figures.message
+            ENTRY_COUNTER["done"] -= 1  # run_entry counts the retry
             figures = run_entry(Entry(output=rel), lambda e, s=source, t=target, p=path: uda_tsne(e, p, s, t, ctx))
-            figures.message = f"{note}; drew the t-SNE here" if figures.status == "ok" else figures.message
+            if figures.status == "ok":
+                figures.message = "the figures command draws no t-SNE for this checkpoint; drew the t-SNE here"
+        else:
+            log.info("  [%d] %s ...\n      %-40s %-7s %6.1f s  %s", ENTRY_COUNTER["done"], rel, rel, figures.status,
+                     figures.seconds, figures.message)
         entries.append(figures)
     return entries
 
@@ -353,6 +418,12 @@ def run(out: Path, data: Path, checkpoints: Path, seed: int = 0, parts: tuple[st
         "data_dir": str(data), "checkpoints_dir": str(checkpoints), "device": "cpu",
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()})
     ctx = Context(out=out, data=data, checkpoints=checkpoints, seed=seed)
+    ENTRY_COUNTER["done"] = 0
+    domains = sorted(p.name for p in (data / "digits").iterdir() if has_digit_data(data, p.name)) \
+        if (data / "digits").is_dir() else []
+    manifest["data_found"] = {"face": has_face_data(data), "digits": domains}
+    log.info("data in %s: face %s, digits %s", data, "yes" if has_face_data(data) else "no",
+             ", ".join(domains) or "none")
     for name in parts:
         log.info("%s:", name)
         start = time.perf_counter()
@@ -360,14 +431,17 @@ def run(out: Path, data: Path, checkpoints: Path, seed: int = 0, parts: tuple[st
             entries = PART_FUNCTIONS[name](ctx)
         except Exception as err:  # noqa: BLE001 - the parts are independent
             entries = [Entry(output=name, status="failed", message=f"{type(err).__name__}: {err}")]
-        bad = [e for e in entries if e.status != "ok"]
+        bad = [e for e in entries if e.status in ("missing", "failed")]
+        skipped = [e for e in entries if e.status == "skipped"]
+        status = "failed" if bad else "skipped" if skipped and len(skipped) == len(entries) else "ok"
         manifest["parts"][name] = {
-            "status": "ok" if not bad else "failed",
-            "message": "; ".join(f"{e.output}: {e.status}" for e in bad),
+            "status": status,
+            "message": "; ".join(f"{e.output}: {e.message if e.status == 'skipped' else e.status}"
+                                 for e in bad + skipped),
             "seconds": round(time.perf_counter() - start, 2),
             "entries": [asdict(e) for e in entries]}
         write_manifest(manifest_path, manifest)  # after each part, so an interrupted run still says what it wrote
-    manifest["status"] = "ok" if all(p["status"] == "ok" for p in manifest["parts"].values()) else "failed"
+    manifest["status"] = "failed" if any(p["status"] == "failed" for p in manifest["parts"].values()) else "ok"
     write_manifest(manifest_path, manifest)
     return manifest
 
@@ -396,11 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"\n{'part':<11} {'status':<7} {'seconds':>8}  problems")
+    print(f"\n{'part':<11} {'status':<7} {'seconds':>8}")
     for name, part in manifest["parts"].items():
-        print(f"{name:<11} {part['status']:<7} {part['seconds']:8.1f}  {part['message']}")
+        print(f"{name:<11} {part['status']:<7} {part['seconds']:8.1f}")
+        for entry in part["entries"]:  # one line per entry that did not write its output
+            if entry["status"] == "skipped":
+                print(f"  {entry['output']}: {entry['message']}")
+            elif entry["status"] != "ok":
+                print(f"  {entry['output']}: {entry['status']}: {entry['message']}")
     print(f"wrote {args.out}/manifest.json in {time.perf_counter() - start:.1f} s; "
-          f"{'all parts ok' if manifest['status'] == 'ok' else 'some parts failed (see manifest.json)'}")
+          f"{'everything that could run is ok' if manifest['status'] == 'ok' else 'some parts failed (see above)'}")
     return 0 if manifest["status"] == "ok" else 1
 
 

@@ -235,9 +235,10 @@ def test_faces_page(demo_env):
     assert not app.info or all("wgan" not in i.value for i in app.info)
     submit(app, "faces_gan")
     first = image_urls(app)
-    assert len(first) == 2 * 16  # method A and B, 16 faces each
+    assert len(first) == 2 * 16 + (2 if HAS_VAE else 0)  # method A and B, 16 faces each (+ the example face and its VAE reconstruction)
     labels = [b.label for b in app.download_button]
-    assert labels.count("Grid (PNG)") == 2 and labels.count("All images (zip)") == 2
+    extra = 1 if HAS_VAE else 0  # the example reconstruction has its downloads too
+    assert labels.count("Grid (PNG)") == 2 + extra and labels.count("All images (zip)") == 2 + extra
     app.number_input(key="faces_gan_seed").set_value(7)
     submit(app, "faces_gan")
     assert image_urls(app) != first  # another seed, other faces
@@ -248,6 +249,8 @@ def test_faces_page(demo_env):
     assert sum(c.startswith("P(smile)") for c in captions) == 2 * 8
     if HAS_VAE:
         submit(app, "faces_vae")
+        assert any("reconstruction" in element.captions for element in app.image)  # the example face, no upload
+        app.radio(key="vae_source").set_value("upload").run()
         app.file_uploader(key="vae_upload").set_value(("face.png", png_bytes(Image.new("L", (40, 40))), "image/png"))
         app.run()
         assert not app.exception
@@ -267,8 +270,12 @@ def test_digits_page(demo_env):
     frame_images = image_urls(app)
     assert any(b.label == "Animation (GIF)" for b in app.download_button)
     assert {"Grid (PNG)", "All images (zip)"} <= {b.label for b in app.download_button}
-    app.select_slider(key="ddpm_frame").set_value("t=49").run()
-    assert not app.exception and image_urls(app) != frame_images  # scrubbing shows x_T, not x_0
+    assert app.select_slider(key="ddpm_frame").value == "t=49"  # the slider starts at x_T
+    app.select_slider(key="ddpm_frame").set_value("x0").run()
+    assert not app.exception and image_urls(app) != frame_images  # scrubbing to x_0 shows another frame
+    all_ten = next(b for b in app.button if b.label == "All ten digits")
+    all_ten.click().run()
+    assert not app.exception and "digits 0-9" in " ".join(m.value for m in app.markdown)
     app.slider(key="ddpm_guidance").set_value(0.0)
     submit(app, "digits_diffusion")
     assert "w = 0.0" in " ".join(m.value for m in app.markdown)
@@ -292,6 +299,7 @@ def test_adaptation_page(demo_env):
 def test_results_page(demo_env):
     app = open_page("app_pages/results.py")
     assert any("Grading report" in m.value for m in app.markdown)
+    assert len(app.expander) >= 1 and any(m.value.startswith("| ") for m in app.markdown)  # tables, not the file
     assert app.download_button[0].label == "Report (Markdown)"
 
 
@@ -329,10 +337,22 @@ def test_gradio_api(demo_env, monkeypatch):
         assert len(gallery) == 4 and note == "sngan_faces: 4 faces" and zipfile.is_zipfile(archive)
         gallery, gif, archive, note = client.predict("ddpm_digits", 2, 3, 0, 1.0, "ddim", 5, api_name="/digits")
         assert len(gallery) == 3 and Image.open(gif).n_frames == 6 and "digit 2" in note
+        gallery, gif, archive, note = client.predict("ddpm_digits", 0, 1.0, "dpm++2m", 5, api_name="/all_digits")
+        assert len(gallery) == 10 and "digits 0-9, dpm++2m-5" in note
         gallery, *_ = client.predict(5, 0, 0.0, api_name="/smiling_pairs")
         assert len(gallery) == 10 and "P(smile)" in gallery[1]["caption"]
-        scores, note = client.predict("mnistm -> svhn", None, 7, api_name="/adapt")
-        assert list(scores) == ["source_only", "dann", "improved"] and "| dann |" in note
+        shown, scores, note = client.predict("mnistm -> svhn", None, 7, api_name="/adapt")
+        assert Image.open(shown).size == (112, 112) and "| dann |" in note  # the input digit is shown
+        plot = scores.get("value", scores) if isinstance(scores, dict) else scores
+        methods = [row[2] for row in plot["data"]]
+        assert sorted(set(methods)) == ["dann", "improved", "source_only"] and len(methods) == 30
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError, match="less than minimum"):  # a bad request: one line
+            client.predict("sngan_faces", 0, 1, 1, "slerp", api_name="/interpolate")
+        with pytest.raises(gradio_app.gr.Error, match="at least 2 images") as raised:  # no traceback in the log
+            gradio_app.one_line_errors(gradio_app.interpolate)("sngan_faces", 0, 1, 1, "slerp")
+        assert raised.value.print_exception is False
         assert "hw2_1" in client.predict(api_name="/report")
         gallery, archive, note = client.predict("wgan_gp_faces", 4, 0, 0.0, api_name="/faces")
         assert gallery == [] and "`wgan_gp_faces` is not available" in note  # a note, not an error
@@ -358,3 +378,18 @@ def test_space_reads_its_models_from_the_readme(tmp_path, monkeypatch):
     monkeypatch.setenv("DLCV_HUB_REPOS", "org/other")
     assert gradio_app.space_repos() == ["org/other"]
 
+
+
+def test_markdown_tables_and_headline(demo_env):
+    text = "# R\nprose\n## A\ntext\n| a | b |\n| - | - |\n| 1 | 2 |\nmore\n## B\nno table\n### C\n| x |\n"
+    assert service.markdown_tables(text) == [("A", ["| a | b |\n| - | - |\n| 1 | 2 |"]), ("C", ["| x |"])]
+    rows = service.headline(service.catalog())
+    assert rows and all(all(str(v) for v in row.values()) for row in rows)  # no empty cell
+    assert any(r["model"] == "acgan_digits" and r["metric"] == "accuracy 0.500" for r in rows)
+
+
+def test_overview_page_is_a_landing_page(demo_env):
+    app = open_page("app_pages/overview.py")
+    assert not app.exception
+    assert "Headline results" in [s.value for s in app.subheader]
+    assert len(app.expander) == 1 and "checkpoints" in app.expander[0].label

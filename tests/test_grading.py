@@ -515,3 +515,35 @@ def test_score_survives_wrong_types_in_a_manifest(world, tmp_path, entry, fake_f
     assert (tmp_path / "report.md").is_file()
     assert any("manifest.json: ignored" in n and "wrong type" in n for n in result["notes"])
     assert "mnistm_to_usps.csv" in result["adaptation"]["pairs"]
+
+
+def test_hw_run_skips_pairs_whose_data_is_absent(world, tmp_path, monkeypatch, caplog):
+    """A data folder with only face/ and digits/{mnistm,usps}: pairs naming mnist are skipped in seconds, exit 0."""
+    import logging
+
+    from dlcv import checkpoint
+    from dlcv.models import build_model
+    from dlcv.models.classifier import ClassifierConfig
+
+    monkeypatch.setattr(run, "N_FACES", 4)
+    monkeypatch.setattr(run, "PER_CLASS", 1)
+    monkeypatch.setattr(run, "figures_available", lambda: True)
+    monkeypatch.setattr(run, "run_figures_command", fake_figures)
+    monkeypatch.setattr(run, "FACE_FIGURE_MODELS", ("dcgan_faces",))
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(world["checkpoints"], checkpoints)
+    for source, target in (("mnist", "mnistm"), ("usps", "mnist")):
+        checkpoint.save(build_model("classifier", ClassifierConfig(width=4)), checkpoints / f"uda_dann_{source}_to_{target}")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="grading.run"):
+        assert run.main([str(out), str(world["data"]), "--checkpoints", str(checkpoints)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    entries = {e["output"]: e for p in manifest["parts"].values() for e in p["entries"]}
+    assert manifest["status"] == "ok" and manifest["data_found"] == {"face": True, "digits": ["mnistm", "usps"]}
+    assert entries["adaptation/usps_to_mnist.csv"]["status"] == "skipped"
+    assert entries["adaptation/usps_to_mnist.csv"]["message"] == "skipped (no mnist data)"
+    assert entries["adaptation/figures/uda_dann_mnist_to_mnistm"]["message"] == "skipped (no mnist data)"
+    assert entries["adaptation/mnist_to_mnistm.csv"]["status"] == "ok"  # the target's images are there
+    assert entries["adaptation/mnistm_to_usps.csv"]["status"] == "ok"
+    assert all(e["seconds"] < 1 for e in entries.values() if e["status"] == "skipped")
+    assert caplog.text.count("uda_dann_mnist_to_mnistm ...") == 1  # one progress line per entry, no duplicate

@@ -131,8 +131,8 @@ def test_gradio_refuses_big_uploads_before_decoding(gradio_app, tmp_path, monkey
     monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
     gallery, note = gradio_app.vae_reconstruct(str(bomb))
     assert gallery == [] and "12000x12000 pixels" in note and not decoded
-    scores, note = gradio_app.adapt("mnistm -> usps", str(bomb), 7)
-    assert scores == {} and "12000x12000 pixels" in note and not decoded
+    shown, scores, note = gradio_app.adapt("mnistm -> usps", str(bomb), 7)
+    assert shown is None and scores is None and "12000x12000 pixels" in note and not decoded
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (service.MAX_UPLOAD_BYTES + 1))
     with pytest.raises(service.UploadError, match="upload an image of at most 5 MB"):

@@ -131,3 +131,29 @@ def test_ema_warm_up_state_dict_and_integer_buffers():
     assert again.updates == 3
     saved = torch.optim.swa_utils.AveragedModel(model, use_buffers=True).state_dict()
     assert set(saved) == set(ema.state_dict())
+
+
+def test_fitted_latent_prior_matches_the_latents_and_samples_from_them(tmp_path):
+    """Ghosh et al. 2020's ex-post density: the fitted Gaussian has the latents' mean and covariance, and
+    sample_vae draws z from it (same seed, same images; a stored prior is what service.sample_to_folder uses)."""
+    from safetensors.torch import save_file
+
+    from dlcv import checkpoint, service
+    from dlcv.models import build_model
+    from dlcv.models.vae import VAEConfig
+    from dlcv.sampling import LATENT_PRIOR_NAME, fit_latent_prior, sample_vae
+
+    torch.manual_seed(0)
+    vae = build_model("vae", VAEConfig(latent_dim=8, width=4)).eval()
+    images = torch.rand(64, 3, 64, 64) * 2 - 1
+    prior = fit_latent_prior(vae, images)
+    mu = vae.encode(images)[0].flatten(1)
+    assert torch.allclose(prior["mean"], mu.mean(0), atol=1e-5)
+    cov = prior["scale_tril"] @ prior["scale_tril"].T
+    assert torch.allclose(cov, torch.cov(mu.T), atol=1e-4)
+    a, b = sample_vae(vae, 3, seed=1, prior=prior), sample_vae(vae, 3, seed=1)
+    assert torch.equal(a, sample_vae(vae, 3, seed=1, prior=prior)) and not torch.equal(a, b)
+    checkpoint.save(vae, tmp_path / "vae")
+    save_file(prior, tmp_path / "vae" / LATENT_PRIOR_NAME)
+    assert torch.equal(service.latent_prior(tmp_path / "vae")["mean"], prior["mean"])
+    assert service.latent_prior(tmp_path) is None
