@@ -52,7 +52,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # on every optimized network
     seed: int = 0
     log_every: int = 50  # one metrics.jsonl line (and TensorBoard scalars) per n steps, and at the end
-    eval_every: int = 0  # > 0: the family's evaluation (val accuracy, val MSE) every n steps and at the end
+    eval_every: int = 0  # > 0: the family's evaluation (val accuracy, val MSE) every n steps; at the end always
     sample_every: int = 0  # > 0: a sample grid (samples/step_n.png + TensorBoard) every n steps and at the end
     save_every: int = 500  # state.pt (resume) every n steps and at the end
     ema_decay: float = 0.0  # > 0: an EMA of the shipped network at this decay is what ships; 0 disables EMA

@@ -11,6 +11,7 @@ rank 0 writes files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -77,15 +78,15 @@ class Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.owned = False  # whether this run created the group (and so destroys it)
         self.hooks: list[Any] = []
         if self.world > 1 and not dist.is_initialized():
+            # one group for the life of the process (destroyed at exit): torchrun's store cannot host a second one
             device = pick_device(train.device)
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
                 torch.cuda.set_device(self.local_rank)
             dist.init_process_group(backend, timeout=timedelta(minutes=train.dist_timeout_minutes))
-            self.owned = True
+            atexit.register(_destroy_group)
 
     @property
     def main(self) -> bool:
@@ -161,11 +162,24 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
+    def same_start(self, step: int) -> None:
+        """Refuse to go on when the ranks resume from different steps (each rank reads runs/<name>/state.pt)."""
+        if self.world == 1:
+            return
+        first = torch.tensor([step])
+        dist.broadcast(first, src=0)
+        if not self.agree(int(first.item()) == step):
+            raise RuntimeError(f"rank {self.rank} resumes from step {step} but rank 0 from step {int(first.item())}; "
+                               f"every rank must read the same runs/<name>/state.pt (a shared --train.out_dir)")
+
     def close(self) -> None:
         for hook in self.hooks:
             hook.remove()
-        if self.owned and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -433,6 +447,9 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
     cfg = ctx.cfg  # a family may resolve parts of its config (UDA's input_norm="auto")
     modules = algo.state_modules()
     begun, extra = load_state(cfg, modules)
+    dist_.same_start(begun)
+    if begun and dist_.world > 1:  # state.pt holds rank 0's RNG; each rank goes on with noise of its own
+        torch.manual_seed(ctx.seed(begun))
     dist_.prepare(modules, train, ctx.device)
     algo.begin(begun, extra)
     ctx.train_seconds = float(extra.get("train_time", 0.0))
@@ -467,7 +484,8 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
                 if ctx.main:
                     metrics.write(step + 1, {**means, **logged})
                     board.scalars(step + 1, {**means, **logged})
-            if algo.sample is not None and (every(step, train.sample_every) or last) and ctx.main:
+            if algo.sample is not None and train.sample_every > 0 and (every(step, train.sample_every) or last) \
+                    and ctx.main:
                 images, per_row = algo.sample()
                 grid = _save_grid(images, per_row, folder / "samples" / f"step_{step + 1:06d}.png")
                 board.image(step + 1, grid)
