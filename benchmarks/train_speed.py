@@ -8,6 +8,12 @@ is `dlcv.training.train` on the preset as shipped (in-memory uint8 cache, bf16 a
 preset is also timed with amp and channels_last off ("plain"), which isolates what the two settings buy.
 Throughput counts real images through D per second, after `--warmup` steps.
 
+`--compare-old DIR` times each preset's loop in this checkout against the same loop in another checkout DIR of
+dlcv (e.g. `git worktree add /tmp/old 6404b13`, the last commit before the engine), alternating the two in fresh
+processes `--repeats` times and printing the median ratio new / old:
+
+    python benchmarks/train_speed.py --data data --steps 20 --compare-old /tmp/old --repeats 3
+
 It also prints the arithmetic the reference does (GFLOP per step, counted by torch's FlopCounterMode) and this
 machine's fp32 matmul rate, so a reader can tell whether 2x the reference is possible with fp32 maths at all: on a
 CPU without native bf16 (AVX2 only) the reference already runs near that rate (RESULTS.md, issue 3 speed).
@@ -24,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# --code DIR: import dlcv from another checkout (how --compare-old times the old loop)
+CODE = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, CODE)
 
 from dlcv.config import apply_overrides  # noqa: E402
 from dlcv.presets import get_preset  # noqa: E402
@@ -131,13 +139,50 @@ def matmul_gflops() -> float:
     return best
 
 
+COMPARED = PRESETS + ["ddpm_digits", "classifier_digits", "uda_dann"]
+
+
+def compare_old(args: argparse.Namespace) -> None:
+    """Median images/s ratio of this checkout's loop to another checkout's, each run in a fresh process, alternated."""
+    import statistics
+    import subprocess
+
+    def measure(code: str, preset: str) -> float:
+        command = [sys.executable, __file__, "--code", code, "--measure", preset, "--data", args.data,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+    here = str(Path(__file__).resolve().parents[1])
+    print(f"images/s of the shipped settings, {args.steps} steps after {args.warmup}, median of {args.repeats} "
+          f"alternating runs; old = {args.compare_old}")
+    print(f"{'preset':<24} {'old':>8} {'new':>8} {'new/old':>8}")
+    for preset in args.presets or COMPARED:
+        old, new = [], []
+        for _ in range(args.repeats):
+            old.append(measure(args.compare_old, preset))
+            new.append(measure(here, preset))
+        ratio = statistics.median(n / o for n, o in zip(new, old))
+        print(f"{preset:<24} {statistics.median(old):8.1f} {statistics.median(new):8.1f} {ratio:8.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--presets", nargs="*", default=PRESETS)
+    parser.add_argument("--presets", nargs="*", default=None)
+    parser.add_argument("--code", default=None, help="import dlcv from this checkout")
+    parser.add_argument("--measure", default=None, metavar="PRESET", help="print one preset's images/s and exit")
+    parser.add_argument("--compare-old", default=None, metavar="DIR", help="compare with the loop of checkout DIR")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.measure:
+        print(ours(args.measure, args.data, args.steps, args.warmup, plain=False))
+        return
+    if args.compare_old:
+        compare_old(args)
+        return
+    args.presets = args.presets or PRESETS
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; images/s over {args.steps} steps")
     ref = reference(args.data, args.steps, args.warmup)
     print(f"{'reference (course DCGAN loop, PNG DataLoader, fp32)':<52} {ref:8.1f} img/s   1.00x")

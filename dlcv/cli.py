@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("preset")
     train.add_argument("--out", default=None, help="checkpoint folder (default runs/<name>/checkpoint)")
-    train.add_argument("--fresh", action="store_true", help="ignore runs/<name>/state.pt and start over")
+    train.add_argument("--fresh", action="store_true", help="delete runs/<name> (state, logs, samples) and start over")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     ev = sub.add_parser("eval", help="accuracy of a classifier checkpoint (or the course's Classifier.pth)")
@@ -199,21 +200,18 @@ def cmd_data(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
-    import shutil
-
     from dlcv.config import apply_overrides, to_dict
     from dlcv.presets import get_preset
-    from dlcv.training import train
-    from dlcv.training.common import STATE_NAME, run_dir
+    from dlcv.training import method_config, train
 
     cfg = apply_overrides(get_preset(args.preset), rest)
+    method_config(cfg)  # an unknown --method.* key is an error here too
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    if args.fresh and (run_dir(cfg) / STATE_NAME).exists():
-        shutil.rmtree(run_dir(cfg))
-    out = train(cfg, out=args.out)
-    _record_train_command(out, args.preset, rest)
+    out = train(cfg, out=args.out, fresh=args.fresh)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes the checkpoint
+        _record_train_command(out, args.preset, rest)
     print(f"checkpoint written to {out}")
     return 0
 

@@ -42,22 +42,23 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule. Steps count optimizer updates, never epochs."""
+    """Optimisation schedule, the same meaning in every family (a family refuses a field it cannot honour, by name).
+    Steps count optimizer updates, never epochs."""
 
     steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-4
+    batch_size: int = 64  # global: under torchrun each of N processes takes batch_size / N images of every batch
+    lr: float = 2e-4  # the peak learning rate (each family's schedule scales it)
     betas: tuple[float, ...] = (0.5, 0.999)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # on every optimized network
     seed: int = 0
-    log_every: int = 50
-    eval_every: int = 500
-    sample_every: int = 500
-    save_every: int = 500
-    ema_decay: float = 0.0  # 0 disables EMA
-    max_minutes: float = 0.0  # > 0: stop at this wall-clock budget (a leased GPU), saving state and checkpoint
+    log_every: int = 50  # one metrics.jsonl line (and TensorBoard scalars) per n steps, and at the end
+    eval_every: int = 0  # > 0: the family's evaluation (val accuracy, val MSE) every n steps; at the end always
+    sample_every: int = 0  # > 0: a sample grid (samples/step_n.png + TensorBoard) every n steps and at the end
+    save_every: int = 500  # state.pt (resume) every n steps and at the end
+    ema_decay: float = 0.0  # > 0: an EMA of the shipped network at this decay is what ships; 0 disables EMA
+    max_minutes: float = 0.0  # > 0: stop at this wall-clock budget, saving state and checkpoint
     snapshot_every: int = 0  # > 0: also write the shippable model every n steps, to pick the best one by a metric
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"; under torchrun each rank's local GPU
     amp: bool = True  # bf16 autocast where the device computes bf16 natively (runtime.bf16_native)
     channels_last: bool = True
     deterministic: bool = False
@@ -66,6 +67,9 @@ class TrainConfig:
     # a run folder (or its state.pt): a fresh run starts from that run's saved state (weights, optimizers, EMA,
     # step) under its own method config, e.g. to add a loss part-way; model and data must be the same
     branch_from: str = ""
+    tensorboard: bool = True  # event files in runs/<name>/tensorboard (needs the tensorboard package)
+    sync_batchnorm: bool = False  # under torchrun on GPUs: batch-norm statistics over the global batch
+    dist_timeout_minutes: float = 10.0  # under torchrun: a rank waiting this long on the others ends the run
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -77,12 +81,12 @@ class RunConfig:
     """One training run: a family, an architecture with its model config, data and schedule."""
 
     name: str
-    family: str  # key of dlcv.training.TRAINERS
+    family: str  # key of dlcv.training.FAMILIES
     architecture: str  # key of dlcv.models.ARCHITECTURES
     model: Any
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    method: dict[str, Any] = field(default_factory=dict)  # family-specific knobs (loss name, label smoothing, ...)
+    method: dict[str, Any] = field(default_factory=dict)  # the family's method dataclass as a dict
 
 
 def to_dict(cfg: Any) -> Any:

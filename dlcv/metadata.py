@@ -197,8 +197,9 @@ def parse_sampling_overrides(items: list[str], base: SamplingConfig | None = Non
 
 # ---------------------------------------------------------------- rebuild commands
 
-# run fields that say where and how long a run ran, not what it trained: a rebuild may differ in them
-PLACE_FIELDS = ("data.root", "train.out_dir", "train.device", "train.progress", "train.max_minutes")
+# where it ran, its wall-clock limit and how often it logged or drew samples: none of them changes the weights
+PLACE_FIELDS = ("data.root", "train.out_dir", "train.device", "train.progress", "train.max_minutes", "train.log_every",
+                "train.eval_every", "train.sample_every", "train.tensorboard")
 
 
 def train_command(preset: str, overrides: list[str], out: str) -> str:

@@ -79,7 +79,7 @@ PRESETS: dict[str, RunConfig] = {
         data=DataConfig(dataset="face", image_size=64, channels=3, attribute=""),
         train=TrainConfig(steps=20000, batch_size=64, lr=1e-4, betas=(0.0, 0.9), ema_decay=0.999, log_every=100,
                           sample_every=1000, save_every=1000),
-        # d_width 128: a wider D (not shipped, so the checkpoint stays small) had the better proxy FID on the GPU
+        # d_width 128: a wider D had the better proxy FID (D is not shipped, so the checkpoint size is G's)
         method={"loss": "hinge", "d_lr": 4e-4, "d_width": 128, "d_norm": "none", "spectral_norm": True,
                 "diffaugment": "color,translation,cutout"},
     ),
@@ -106,17 +106,15 @@ PRESETS: dict[str, RunConfig] = {
     # the Smiling ACGAN as a fine-tune of method A (Wang et al. 2018, "Transferring GANs"): G starts from the shipped
     # dcgan_faces with class-conditional batch norm (every class's gain and shift = the DCGAN's, so G(z, y) = G_A(z)
     # at first); the DCGAN game (BCE, smoothing 0.1, batch-norm D + class head) goes on after 500 steps of D alone,
-    # with G at a tenth of D's learning rate (at 2e-4 its FID rose from 26.19 to 61.0 in the first 1,000 steps; at
-    # 5e-5 it came back down only to 31.2, then rose again; at 2e-5 it fell to 29.9 by step 2,500) and a frozen
-    # second Smiling classifier as teacher at weight 3 (the class loss alone left agreement at 0.75-0.84; the
-    # shipped smiling_classifier, seed 0, stays the held-out judge). A candidate, not shipped: measured on the CPU
-    # only (RESULTS.md); the GPU queue (scripts/device_faces.py) runs it longer
+    # with G at a tenth of D's learning rate (higher G rates lost the DCGAN's FID in the first 1,000 steps: RESULTS.md)
+    # and two frozen Smiling classifiers as teachers at weight 3 (the class loss alone left agreement at 0.75-0.84;
+    # the shipped smiling_classifier, seed 0, stays the held-out judge)
     "acgan_faces_from_dcgan": RunConfig(
         name="acgan_faces_from_dcgan", family="gan", architecture="generator",
         model=GeneratorConfig(z_dim=100, image_size=64, channels=3, width=64, num_classes=2, conditioning="cbn"),
         data=DataConfig(dataset="face", image_size=64, channels=3, attribute="Smiling"),
         # 3,500 steps: the shipped acgan_faces is `python -m dlcv average` of the snapshots at 2,000-3,500 (FID rises
-        # and agreement keeps rising after that; RESULTS.md, twentieth session)
+        # and agreement keeps rising after that: RESULTS.md)
         train=TrainConfig(steps=3500, batch_size=64, lr=2e-5, betas=(0.5, 0.999), ema_decay=0.999, log_every=100,
                           sample_every=1000, save_every=1000, snapshot_every=500),
         method={"loss": "dcgan", "d_lr": 2e-4, "d_width": 64, "d_norm": "batch", "label_smoothing": 0.1,

@@ -2,7 +2,6 @@
 2-step runs of the GAN presets that write loadable checkpoints and resume."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from dlcv.presets import get_preset
 from dlcv.sampling import sample_gan
 from dlcv.training import train
 from dlcv.training.common import run_dir
-from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment, load_generator_init, lr_factor
+from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment, load_generator_init
 
 # ---------------------------------------------------------------- models
 
@@ -236,8 +235,8 @@ def test_update_counts_and_ttur(tiny_faces, tmp_path):
     train(cfg, out=tmp_path / "ckpt")
     state = torch.load(run_dir(cfg) / "state.pt", weights_only=True)["modules"]
     d_group, g_group = state["d_opt"]["param_groups"][0], state["g_opt"]["param_groups"][0]
-    assert (d_group["lr"], d_group["weight_decay"]) == (4e-4, 0.01)  # TTUR; weight decay on D only
-    assert (g_group["lr"], g_group["weight_decay"]) == (1e-4, 0.0)
+    assert (d_group["lr"], d_group["weight_decay"]) == (4e-4, 0.01)  # TTUR
+    assert (g_group["lr"], g_group["weight_decay"]) == (1e-4, 0.01)  # train.weight_decay: every optimized network
     assert state["d_opt"]["state"][0]["step"].item() == 2 * 3  # steps x n_critic D updates
     assert state["g_opt"]["state"][0]["step"].item() == 2 * 2  # steps x g_steps G updates
 
@@ -262,13 +261,6 @@ def test_acgan_faces_needs_the_attribute(tiny_faces, tmp_path):
         train(cfg)
 
 
-def test_acgan_real_only_class_loss_and_free_class_head_train(tiny_digits, tmp_path):
-    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.aux_fake=false", "--method.class_head_sn=false")
-    generator, meta = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
-    assert meta["run"]["method"]["aux_fake"] is False and meta["run"]["method"]["class_head_sn"] is False
-    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
-
-
 def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
     from dlcv.models.classifier import ClassifierConfig
 
@@ -280,7 +272,7 @@ def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
         before[name] = {k: v.clone() for k, v in teacher.state_dict().items()}
     cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path,
                    f"--method.teacher={tmp_path / 'teacher'},{tmp_path / 'lenet'}",
-                   "--method.teacher_weight=0.5", "--method.teacher_augment=color,translation", "--train.log_every=1")
+                   "--method.teacher_weight=0.5", "--train.log_every=1")
     train(cfg, out=tmp_path / "ckpt")
     lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= line["teacher_acc"] <= 1 for line in lines)
@@ -289,9 +281,6 @@ def test_acgan_with_frozen_teacher_classifiers(tiny_digits, tmp_path):
         assert all(torch.equal(state[k], v) for k, v in reloaded.state_dict().items())  # frozen: file untouched
     wrong = build_model("classifier", ClassifierConfig(in_channels=3, image_size=28, num_classes=3, width=4))
     checkpoint.save(wrong, tmp_path / "wrong", {})
-    with pytest.raises(ValueError, match="method.teacher_augment entry"):
-        train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'teacher'}",
-                       "--method.teacher_augment=rotate", "--name=bad_augment"), out=tmp_path / "b")
     with pytest.raises(ValueError, match="predicts 3 classes but the generator has 10"):
         train(tiny_gan("acgan_digits", tiny_digits, tmp_path, f"--method.teacher={tmp_path / 'wrong'}",
                        "--name=wrong"), out=tmp_path / "w")
@@ -351,38 +340,11 @@ def test_a_gan_branch_may_change_the_losses_not_the_networks(tiny_faces, tmp_pat
         train(other_d, out=tmp_path / "other")
 
 
-def test_linear_lr_decay_schedule_and_option():
-    assert [lr_factor(s, 100, 0.5) for s in (0, 49, 50, 75, 100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
-    assert lr_factor(99, 100, 1.0) == 1.0  # 1.0: constant
-    assert lr_factor(0, 100, 0.0) == 1.0 and lr_factor(50, 100, 0.0) == 0.5  # 0.0: decay from the first step
-    with pytest.raises(ValueError, match="lr_decay_from"):
-        GANMethod(lr_decay_from=1.5)
-
-
-def test_gan_with_lr_decay_trains(tiny_digits, tmp_path):
-    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.lr_decay_from=0.0")
-    generator, _ = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
-    state = torch.load(run_dir(cfg) / "state.pt", map_location="cpu", weights_only=True)
-    # the last step ran at lr * 1/steps: the saved optimizers hold a decayed rate, below the configured one
-    assert state["modules"]["g_opt"]["param_groups"][0]["lr"] < cfg.train.lr
-    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
-
-
 def test_mode_seeking_loss_punishes_collapse():
     z = torch.randn(8, 16)
     collapsed = torch.zeros(8, 3, 4, 4)  # every code -> one image: the ratio is 0, the loss 1 / eps
     varied = torch.cat([torch.full((4, 3, 4, 4), -1.0), torch.full((4, 3, 4, 4), 1.0)])
     assert mode_seeking_loss(collapsed, z) > 1e4 > mode_seeking_loss(varied, z)
-    with pytest.raises(ValueError, match="mode_seeking"):
-        GANMethod(mode_seeking=-1.0)
-
-
-def test_acgan_with_mode_seeking_trains(tiny_digits, tmp_path):
-    cfg = tiny_gan("acgan_digits", tiny_digits, tmp_path, "--method.mode_seeking=1.0", "--train.log_every=1")
-    generator, _ = checkpoint.load(train(cfg, out=tmp_path / "ckpt"))
-    lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(line["mode_seeking"]) and line["mode_seeking"] > 0 for line in lines)
-    assert torch.isfinite(sample_gan(generator, 2, labels=torch.tensor([3, 7]))).all()
 
 
 def test_within_class_spread_sees_near_copies():

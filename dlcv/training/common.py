@@ -1,4 +1,4 @@
-"""Plumbing shared by the training loops: MetricLog, every(), resume state, the run folder."""
+"""Plumbing of the engine: MetricLog, every(), Deadline, resume state, the run folder, EMA."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 class MetricLog:
-    """Averages step metrics between log points; writes one JSON line per log point and a tqdm postfix.
+    """runs/<name>/metrics.jsonl: one JSON line per log point (the engine averages the steps between them).
 
     `start` is the step the run resumes from. Records past it were written by the interrupted process for steps that
     will now be trained again, so they are dropped (as is a line cut short): the log reads as one run, with no step
@@ -55,8 +55,6 @@ class MetricLog:
 
     def __init__(self, path: Path, bar: Any = None, start: int = 0) -> None:
         self.path, self.bar = path, bar
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if path.is_file():
@@ -70,24 +68,13 @@ class MetricLog:
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.start = time.perf_counter() - (kept[-1].get("time_s", 0.0) if kept else 0.0)
 
-    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
-        """Accumulate without .item() (no CPU-GPU sync per step)."""
-        for k, v in metrics.items():
-            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            self.sums[k] = self.sums.get(k, 0) + v
-        self.count += 1
-
-    def flush(self, step: int, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """Write the means since the last flush (plus `extra`) and reset."""
-        means = {k: round((v / max(self.count, 1)).item(), 6) for k, v in self.sums.items()}
-        means.update(extra or {})
-        record = {"step": step, "time_s": round(time.perf_counter() - self.start, 2), **means}
+    def write(self, step: int, values: dict[str, float]) -> None:
+        """Append one record (step, time_s, values) and show the values as the tqdm postfix."""
+        record = {"step": step, "time_s": round(time.perf_counter() - self.start, 2), **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
-        self.sums, self.count = {}, 0
-        return means
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
 
 
 def save_state(cfg: RunConfig, step: int, modules: dict[str, Any], extra: dict[str, Any] | None = None) -> None:

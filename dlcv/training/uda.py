@@ -1,6 +1,6 @@
 """Unsupervised domain adaptation on digits: UDA_METHODS (source-only, DANN, VADA + mean teacher, a DIRT-T-style
 refinement of a trained run, target-only), each a small class with DomainBed's `update(x_src, y_src, x_tgt) -> dict` /
-`predict(x)`, and `train_uda`, the one loop.
+`predict(x)` and a typed options dataclass, and `UDA`, the family the engine runs.
 
 Model selection never reads target labels: it uses the labelled domain's val accuracy (or a label-free criterion);
 the target-val-selected ("oracle") figure is recorded separately and labelled as such."""
@@ -10,25 +10,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from dlcv import checkpoint
-from dlcv.config import RunConfig, TrainConfig, check_choice, to_dict
+from dlcv.config import RunConfig, TrainConfig, check_choice, from_dict, to_dict
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_model_range
 from dlcv.losses import conditional_entropy, diversity_loss, domain_loss, vat_loss
 from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, UDANet
-from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
-from dlcv.training.common import MetricLog, ema_copy, every, load_state, run_dir, save_state
+from dlcv.training.common import ema_copy, load_state, run_dir
+from dlcv.training.engine import Algorithm, Context, Precision, choose_precision, start
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +70,73 @@ def domain_classifier(dim: int, hidden: int = 256) -> nn.Module:
                          nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
 
+@dataclass
+class UDAOptions:
+    """cfg.method of every UDA run: which method, and how weights are selected without target labels."""
+
+    name: str = "dann"  # a key of UDA_METHODS
+    select: Literal["labelled_val", "target_im", "last"] = "labelled_val"
+
+    def __post_init__(self) -> None:
+        check_choice("method.select", self.select, SELECTION)
+
+
+@dataclass
+class DANNOptions(UDAOptions):
+    domain_weight: float = 1.0
+    ema_decay: float = 0.0  # > 0: a weight average (Polyak) is evaluated and shipped; 0: the plain DANN
+
+
+@dataclass
+class VADAOptions(UDAOptions):
+    """Each part of VADA + mean teacher is a weight or flag, so an ablation is a list of overrides."""
+
+    domain_weight: float = 0.1
+    ent_weight: float = 1.0
+    div_weight: float = 1.0
+    vat_src_weight: float = 1.0
+    vat_tgt_weight: float = 1.0
+    vat_eps: float = 2.0
+    augment: bool = True
+    colour_augment: bool = True
+    teacher: bool = True
+    teacher_decay: float = 0.99
+    teacher_weight: float = 1.0
+    teacher_threshold: float = 0.9
+    source_weight: float = 1.0
+
+
+@dataclass
+class RefineOptions(VADAOptions):
+    init: str = ""  # the trained checkpoint to refine
+    domain_weight: float = 0.0
+    vat_src_weight: float = 0.0
+    vat_tgt_weight: float = 0.0
+    peer: str = ""  # a checkpoint of the same pair whose labels veto the teacher's (co-training)
+
+
+def parse_options(cls: type, hparams: dict[str, Any] | UDAOptions, method: str) -> Any:
+    """hparams (cfg.method, or a part of it) -> the method's options; an unknown key raises naming the valid ones."""
+    if isinstance(hparams, cls):
+        return hparams
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(hparams) - valid)
+    if unknown:
+        raise KeyError(f"unknown method option(s) {unknown} for {method}; valid: {sorted(valid)}")
+    return from_dict(cls, dict(hparams))
+
+
 class SourceOnly:
     """Lower bound: cross-entropy on labelled source batches; the target batch is ignored."""
 
     labelled_domain = SOURCE
-    defaults: dict[str, Any] = {}
+    Options: type = UDAOptions
 
-    def __init__(self, model: UDANet, hparams: dict[str, Any], train: TrainConfig) -> None:
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            raise KeyError(f"unknown method option(s) {unknown} for {type(self).__name__}; "
-                           f"valid: {sorted(self.defaults)}")
-        self.hp = {**self.defaults, **hparams}
-        self.model, self.amp, self.total_steps, self.step = model, train.amp, max(1, train.steps), 0
+    def __init__(self, model: UDANet, hparams: dict[str, Any] | UDAOptions, train: TrainConfig,
+                 precision: Precision | None = None) -> None:
+        self.hp = parse_options(self.Options, hparams, type(self).__name__)
+        self.precision = precision or choose_precision(train, model.input_mean.device)
+        self.model, self.total_steps, self.step = model, max(1, train.steps), 0
         self.extra = self.build_extra(model)  # e.g. the domain classifier
         params = list(model.parameters()) + [p for m in self.extra.values() for p in m.parameters()]
         self.opt = torch.optim.Adam(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
@@ -114,7 +168,7 @@ class SourceOnly:
         return self.model
 
     def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
-        with autocast(x_src.device, self.amp):
+        with self.precision.autocast():
             logits = self.model(x_src, domain=self.labelled_domain)
         loss = F.cross_entropy(logits.float(), y_src)
         return {"loss": loss, "cls_loss": loss.detach(), "acc": (logits.argmax(1) == y_src).float().mean()}
@@ -139,7 +193,7 @@ class SourceOnly:
         model = self.eval_model
         was = model.training
         model.eval()
-        with autocast(x.device, self.amp):
+        with self.precision.autocast():
             logits = model(x, domain=domain).float()
         model.train(was)
         return logits
@@ -155,7 +209,7 @@ class DANN(SourceOnly):
     """Ganin et al. 2016: L_y(source) + domain_weight * L_d(source, target), the features trained through a gradient
     reversal layer whose weight follows lambda_p; source and target go through the network as one batch."""
 
-    defaults: dict[str, Any] = {"domain_weight": 1.0, "ema_decay": 0.0}
+    Options = DANNOptions
 
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
         decay = self.average_decay()
@@ -167,7 +221,7 @@ class DANN(SourceOnly):
 
     def average_decay(self) -> float:
         """ema_decay > 0: a weight average (Polyak), which damps the adversarial game's late swings; 0: none."""
-        return self.hp["ema_decay"]
+        return self.hp.ema_decay
 
     @property
     def eval_model(self) -> UDANet:
@@ -184,7 +238,7 @@ class DANN(SourceOnly):
     def forward_pair(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(source logits, target logits, domain loss) from one pass over cat(x_src, x_tgt)."""
         n = x_src.shape[0]
-        with autocast(x_src.device, self.amp):
+        with self.precision.autocast():
             z = self.model.trunk(torch.cat([x_src, x_tgt]), ((SOURCE, n), (TARGET, x_tgt.shape[0])))  # (2B, D)
             logits = self.model.head(z)
             d_logits = self.extra["domain_classifier"](grad_reverse(z, dann_lambda(self.progress)))
@@ -193,7 +247,7 @@ class DANN(SourceOnly):
     def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         logits_src, _, d_loss = self.forward_pair(x_src, x_tgt)
         cls_loss = F.cross_entropy(logits_src.float(), y_src)
-        return {"loss": cls_loss + self.hp["domain_weight"] * d_loss, "cls_loss": cls_loss.detach(),
+        return {"loss": cls_loss + self.hp.domain_weight * d_loss, "cls_loss": cls_loss.detach(),
                 "d_loss": d_loss.detach(), "acc": (logits_src.argmax(1) == y_src).float().mean()}
 
 
@@ -203,14 +257,11 @@ class VADA(DANN):
     whose confident target predictions supervise the student on augmented images. Each part is a weight or flag, so
     an ablation is a list of overrides; target-side weights ramp up with lambda_p. The teacher is what is shipped."""
 
-    defaults: dict[str, Any] = {"domain_weight": 0.1, "ent_weight": 1.0, "div_weight": 1.0, "vat_src_weight": 1.0,
-                                "vat_tgt_weight": 1.0, "vat_eps": 2.0, "augment": True, "colour_augment": True,
-                                "teacher": True, "teacher_decay": 0.99, "teacher_weight": 1.0,
-                                "teacher_threshold": 0.9, "source_weight": 1.0}
+    Options = VADAOptions
 
     def average_decay(self) -> float:
         """The mean teacher is DANN's weight average, at teacher_decay."""
-        return self.hp["teacher_decay"] if self.hp["teacher"] else 0.0
+        return self.hp.teacher_decay if self.hp.teacher else 0.0
 
     def target_ramp(self) -> float:
         """The weight on target-side terms: lambda_p, so they wait until the features have some source structure."""
@@ -219,18 +270,18 @@ class VADA(DANN):
     def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         hp, ramp = self.hp, self.target_ramp()
         clean_tgt = x_tgt
-        if hp["augment"]:
-            x_src, x_tgt = (augment(x, colour=hp["colour_augment"]) for x in (x_src, x_tgt))
+        if hp.augment:
+            x_src, x_tgt = (augment(x, colour=hp.colour_augment) for x in (x_src, x_tgt))
         logits_src, logits_tgt, d_loss = self.forward_pair(x_src, x_tgt)
         cls_loss = F.cross_entropy(logits_src.float(), y_src)
         out = {"cls_loss": cls_loss.detach(), "d_loss": d_loss.detach(),
                "acc": (logits_src.argmax(1) == y_src).float().mean()}
-        loss = hp["source_weight"] * cls_loss + hp["domain_weight"] * d_loss
-        terms = {"ent_loss": (hp["ent_weight"] * ramp, lambda: conditional_entropy(logits_tgt)),
-                 "div_loss": (hp["div_weight"] * ramp, lambda: diversity_loss(logits_tgt)),
-                 "vat_src": (hp["vat_src_weight"], lambda: self.vat(x_src, logits_src, SOURCE)),
-                 "vat_tgt": (hp["vat_tgt_weight"] * ramp, lambda: self.vat(x_tgt, logits_tgt, TARGET)),
-                 "teacher_loss": (hp["teacher_weight"] * ramp if self.average is not None else 0.0,
+        loss = hp.source_weight * cls_loss + hp.domain_weight * d_loss
+        terms = {"ent_loss": (hp.ent_weight * ramp, lambda: conditional_entropy(logits_tgt)),
+                 "div_loss": (hp.div_weight * ramp, lambda: diversity_loss(logits_tgt)),
+                 "vat_src": (hp.vat_src_weight, lambda: self.vat(x_src, logits_src, SOURCE)),
+                 "vat_tgt": (hp.vat_tgt_weight * ramp, lambda: self.vat(x_tgt, logits_tgt, TARGET)),
+                 "teacher_loss": (hp.teacher_weight * ramp if self.average is not None else 0.0,
                                   lambda: self.consistency(clean_tgt, logits_tgt))}
         for name, (weight, term) in terms.items():
             if weight > 0:
@@ -241,15 +292,15 @@ class VADA(DANN):
         return out
 
     def vat(self, x: torch.Tensor, logits: torch.Tensor, domain: int) -> torch.Tensor:
-        with autocast(x.device, self.amp):
-            return vat_loss(lambda v: self.model(v, domain=domain), x, logits, eps=self.hp["vat_eps"])
+        with self.precision.autocast():
+            return vat_loss(lambda v: self.model(v, domain=domain), x, logits, eps=self.hp.vat_eps)
 
     def consistency(self, clean_tgt: torch.Tensor, logits_tgt: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the student (augmented target) to the teacher's confident labels (clean target)."""
-        with torch.no_grad(), autocast(clean_tgt.device, self.amp):
+        with torch.no_grad(), self.precision.autocast():
             probs = F.softmax(self.average.module(clean_tgt, domain=TARGET).float(), dim=1)
         confidence, pseudo = probs.max(dim=1)
-        mask = (confidence >= self.hp["teacher_threshold"]).float() * self.pseudo_label_mask(clean_tgt, pseudo)
+        mask = (confidence >= self.hp.teacher_threshold).float() * self.pseudo_label_mask(clean_tgt, pseudo)
         return (F.cross_entropy(logits_tgt.float(), pseudo, reduction="none") * mask).mean()
 
     def pseudo_label_mask(self, clean_tgt: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
@@ -268,19 +319,20 @@ class Refine(VADA):
     input refining a DANN on colour input) a pseudo-label counts only where the peer agrees: co-training (Blum &
     Mitchell 1998; asymmetric tri-training, Saito et al. 2017), because two views err on different images."""
 
-    defaults: dict[str, Any] = {**VADA.defaults, "init": "", "domain_weight": 0.0, "vat_src_weight": 0.0,
-                                "vat_tgt_weight": 0.0, "peer": ""}
+    Options = RefineOptions
 
-    def __init__(self, model: UDANet, hparams: dict[str, Any], train: TrainConfig) -> None:
-        load_init(model, hparams.get("init", ""))  # before the teacher is copied from the model
-        super().__init__(model, hparams, train)
+    def __init__(self, model: UDANet, hparams: dict[str, Any] | RefineOptions, train: TrainConfig,
+                 precision: Precision | None = None) -> None:
+        hp = parse_options(RefineOptions, hparams, type(self).__name__)
+        load_init(model, hp.init)  # before the teacher is copied from the model
+        super().__init__(model, hp, train, precision)
         # a frozen second view of the same pair (another network or input): its labels veto the teacher's (co-training)
-        self.peer = load_peer(self.hp["peer"], model) if self.hp["peer"] else None
+        self.peer = load_peer(hp.peer, model) if hp.peer else None
 
     def pseudo_label_mask(self, clean_tgt: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
         if self.peer is None:
             return super().pseudo_label_mask(clean_tgt, pseudo)
-        with torch.no_grad(), autocast(clean_tgt.device, self.amp):
+        with torch.no_grad(), self.precision.autocast():
             return (self.peer(clean_tgt, domain=TARGET).argmax(1) == pseudo).float()
 
     def target_ramp(self) -> float:
@@ -334,8 +386,8 @@ class DomainData:
     """One domain's splits as uint8 tensors on the device (grey kept 1-channel, replicated per batch)."""
 
     def __init__(self, root: str, domain: str, image_size: int, device: torch.device,
-                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
-        self.name, self.splits = domain, {}
+                 splits: tuple[str, ...] = ("train", "val", "test"), rank: int = 0, world: int = 1) -> None:
+        self.name, self.splits, self.rank, self.world = domain, {}, rank, world
         for split in splits:
             try:
                 data = read_digits(root, domain, split, channels=None, image_size=image_size)
@@ -353,8 +405,11 @@ class DomainData:
 
     def batch(self, n: int, generator: torch.Generator, fmt: torch.memory_format,
               split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch (with replacement) indexed on the device: images (n, 3, H, W) in [-1, 1], labels (n,)."""
+        """A random batch (with replacement) indexed on the device: images (n, 3, H, W) in [-1, 1], labels (n,).
+        Under torchrun each rank draws train batches from its own disjoint 1/world of the split."""
         images, labels = self.splits[split]
+        if split == "train" and self.world > 1:
+            images, labels = images[self.rank::self.world], labels[self.rank::self.world]
         idx = torch.randint(len(images), (n,), device=images.device, generator=generator)
         return to_rgb(to_model_range(images[idx])).contiguous(memory_format=fmt), labels[idx]
 
@@ -403,105 +458,107 @@ def resolve_input_norm(cfg: RunConfig, source_channels: int, target_channels: in
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_norm=norm))
 
 
-def train_uda(cfg: RunConfig, out: str | Path | None = None) -> Path:
-    """Train cfg.method["name"] from data.domain (labelled) to data.target_domain (unlabelled); select weights without
-    target labels; write the checkpoint (default runs/<name>/checkpoint) with target test accuracy and the oracle."""
-    cfg, src, tgt, method = _setup(cfg)
-    select = method_options(cfg)[1]
-    labelled, fmt = tgt if method.labelled_domain == TARGET else src, memory_format(cfg.train.channels_last)
-    device = method.model.input_mean.device
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
-    train_time = 0.0
-    start, extra = load_state(cfg, method.state_modules())
-    if start:  # resumed: the step count drives lambda_p, and the batches and best weights go on where they were
-        method.step, train_time = start, extra["train_time"]
-        generator.set_state(extra["batch_rng"])
-        best = {key: tuple(value) for key, value in extra["best"].items()}
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=cfg.name,
-               disable=not cfg.train.progress)
-    metrics = MetricLog(run_dir(cfg) / "metrics.jsonl", bar, start)
-    method.model.train()
-    tick = time.perf_counter()
-    for step in bar:
-        x_lab, y_lab = labelled.batch(cfg.train.batch_size, generator, fmt)
-        x_tgt, _ = tgt.batch(cfg.train.batch_size, generator, fmt)  # target labels are never read here
-        metrics.add(method.update(x_lab, y_lab, x_tgt))
-        last = step + 1 == cfg.train.steps
-        extra_log = {}
-        if every(step, cfg.train.eval_every) or last:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_time += time.perf_counter() - tick
-            lab_val = evaluate(method, labelled, "val", method.labelled_domain, fmt)
-            tgt_val = evaluate(method, tgt, "val", TARGET, fmt)
-            score = {"labelled_val": lab_val["acc"], "target_im": tgt_val["im"], "last": step}[select]
-            if score >= best["selected"][0]:  # ties go to the later step
-                best["selected"] = (score, step + 1, method.snapshot())
-            if tgt_val["acc"] >= best["oracle"][0]:  # oracle: reads target val labels; reported apart, never shipped
-                best["oracle"] = (tgt_val["acc"], step + 1, method.snapshot())
-            extra_log = {"labelled_val_acc": round(lab_val["acc"], 5), "target_val_acc": round(tgt_val["acc"], 5),
-                         "target_val_im": round(tgt_val["im"], 5), "steps_per_s": round((step + 1) / train_time, 2)}
-            tick = time.perf_counter()
-        if every(step, cfg.train.log_every) or last or extra_log:
-            metrics.flush(step + 1, extra_log)
-        if every(step, cfg.train.save_every) or last:  # at the end too: a rerun then only rewrites the checkpoint
-            train_time += time.perf_counter() - tick
-            save_state(cfg, step + 1, method.state_modules(), {"train_time": train_time, "best": best,
-                                                               "batch_rng": generator.get_state()})
-            tick = time.perf_counter()
-    if cfg.train.steps == 0:
-        raise RuntimeError(f"{cfg.name}: train.steps=0 trains nothing; use --train.steps >= 1")
-    return _finish(cfg, method, src, tgt, best, train_time, out)
+class UDA(Algorithm):
+    """The family: cfg.method.name's method from data.domain (labelled) to data.target_domain (unlabelled), weights
+    selected without target labels (method.select); the checkpoint records target test accuracy and the oracle."""
 
+    REFUSES = {"ema_decay": "a UDA method's weight average is method.ema_decay (dann) or method.teacher_decay (vada)"}
 
-def _setup(cfg: RunConfig) -> tuple[RunConfig, DomainData, DomainData, SourceOnly]:
-    """Check the method and domains, seed, load both domains, resolve input_norm=auto, build the model with each
-    domain's input statistics and wrap it in its method (train_uda and export_final start the same way)."""
-    name, select, hp = method_options(cfg)
-    if name not in UDA_METHODS:
-        raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
-    check_choice("method.select", select, SELECTION)
-    if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
-        raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
-                         "e.g. --data.domain=mnistm --data.target_domain=usps")
-    seed_everything(cfg.train.seed)
-    set_deterministic(cfg.train.deterministic)
-    device = pick_device(cfg.train.device)
-    fmt = memory_format(cfg.train.channels_last)
-    src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device)
-    tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device)
-    cfg = resolve_input_norm(cfg, src.channels, tgt.channels)
-    model = build_model(cfg.architecture, cfg.model).to(device)
-    for domain, data in ((SOURCE, src), (TARGET, tgt)):
-        model.set_input_stats(domain, *data.input_stats())
-    model = model.to(memory_format=fmt)
-    return cfg, src, tgt, UDA_METHODS[name](model, hp, cfg.train)
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        name, _, _ = method_options(cfg)
+        if name not in UDA_METHODS:
+            raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
+        options = parse_options(UDA_METHODS[name].Options, dict(cfg.method), UDA_METHODS[name].__name__)
+        self.select = options.select
+        if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
+            raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
+                             "e.g. --data.domain=mnistm --data.target_domain=usps")
+        device, fmt = ctx.device, ctx.precision.fmt
+        self.src = DomainData(cfg.data.root, cfg.data.domain, cfg.data.image_size, device, rank=ctx.rank,
+                              world=ctx.world)
+        self.tgt = DomainData(cfg.data.root, cfg.data.target_domain, cfg.data.image_size, device, rank=ctx.rank,
+                              world=ctx.world)
+        self.cfg = ctx.cfg = cfg = resolve_input_norm(cfg, self.src.channels, self.tgt.channels)
+        model = build_model(cfg.architecture, cfg.model).to(device)
+        for domain, data in ((SOURCE, self.src), (TARGET, self.tgt)):
+            model.set_input_stats(domain, *data.input_stats())
+        model = model.to(memory_format=fmt)
+        self.method = UDA_METHODS[name](model, options, cfg.train, ctx.precision)
+        self.labelled = self.tgt if self.method.labelled_domain == TARGET else self.src
+        self.generator = torch.Generator(device=device).manual_seed(ctx.seed())
+        self.best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
+
+    def state_modules(self) -> dict[str, Any]:
+        return self.method.state_modules()
+
+    def begin(self, start: int, extra: dict[str, Any]) -> None:
+        if start:  # resumed: the step count drives lambda_p, and the batches and best weights go on where they were
+            self.method.step = start
+            self.generator.set_state(extra["batch_rng"])
+            self.best = {key: tuple(value) for key, value in extra["best"].items()}
+        self.method.model.train()
+
+    def batches(self, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        fmt = self.ctx.precision.fmt
+        while True:
+            x_lab, y_lab = self.labelled.batch(self.ctx.batch_size, self.generator, fmt)
+            x_tgt, _ = self.tgt.batch(self.ctx.batch_size, self.generator, fmt)  # target labels are never read here
+            yield x_lab, y_lab, x_tgt
+
+    def update(self, step: int, batches) -> dict[str, torch.Tensor]:
+        return self.method.update(*next(batches))
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        method, fmt = self.method, self.ctx.precision.fmt
+        lab_val = evaluate(method, self.labelled, "val", method.labelled_domain, fmt)
+        tgt_val = evaluate(method, self.tgt, "val", TARGET, fmt)
+        score = {"labelled_val": lab_val["acc"], "target_im": tgt_val["im"], "last": step - 1}[self.select]
+        if score >= self.best["selected"][0]:  # ties go to the later step
+            self.best["selected"] = (score, step, method.snapshot())
+        if tgt_val["acc"] >= self.best["oracle"][0]:  # oracle: reads target val labels; reported apart, never shipped
+            self.best["oracle"] = (tgt_val["acc"], step, method.snapshot())
+        return {"labelled_val_acc": round(lab_val["acc"], 5), "target_val_acc": round(tgt_val["acc"], 5),
+                "target_val_im": round(tgt_val["im"], 5),
+                "steps_per_s": round(step / max(self.ctx.train_seconds, 1e-9), 2)}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"best": self.best, "batch_rng": self.generator.get_state()}
+
+    def shipped(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        return self.method.eval_model, {}
+
+    def export(self, out: Path, done: int) -> Path:
+        if done == 0:
+            raise RuntimeError(f"{self.cfg.name}: train.steps=0 trains nothing; use --train.steps >= 1")
+        return _finish(self.cfg, self.method, self.src, self.tgt, self.best, self.ctx.train_seconds, out, done)
 
 
 def export_final(cfg: RunConfig, out: str | Path) -> Path:
     """Write the checkpoint of a finished run's *final* weights (its state.pt at train.steps), every figure measured
     afresh on them, with method.select='last' in its config: the label-free 'final weights' rule for a run trained
     under another selection rule. Selection never changes training, so this is the run that select=last would give."""
-    cfg, src, tgt, method = _setup(cfg)
-    start, extra = load_state(cfg, method.state_modules())
-    if start != cfg.train.steps:
-        raise RuntimeError(f"{run_dir(cfg)}: the run stopped at step {start} of {cfg.train.steps}; finish it first "
+    uda = start(cfg, UDA)
+    cfg, method = uda.cfg, uda.method
+    begun, extra = load_state(cfg, method.state_modules())
+    if begun != cfg.train.steps:
+        raise RuntimeError(f"{run_dir(cfg)}: the run stopped at step {begun} of {cfg.train.steps}; finish it first "
                            f"(rerun the same command: it resumes) and then export its final weights")
     best = {key: tuple(value) for key, value in extra["best"].items()}
-    best["selected"] = (math.inf, start, method.snapshot())
+    best["selected"] = (math.inf, begun, method.snapshot())
     cfg = dataclasses.replace(cfg, method={**cfg.method, "select": "last"})
-    return _finish(cfg, method, src, tgt, best, extra["train_time"], out)
+    return _finish(cfg, method, uda.src, uda.tgt, best, extra["train_time"], out, begun)
 
 
 def _finish(cfg: RunConfig, method: SourceOnly, src: DomainData, tgt: DomainData, best: dict[str, tuple],
-            train_time: float, out: str | Path | None) -> Path:
+            train_time: float, out: str | Path, steps: int) -> Path:
     """Measure the selected and the oracle weights on target test, then save the selected ones with the figures."""
-    (name, select, _), fmt = method_options(cfg), memory_format(cfg.train.channels_last)
+    (name, select, _), fmt = method_options(cfg), method.precision.fmt
     labelled = tgt if method.labelled_domain == TARGET else src
     final = method.eval_model
-    result: dict[str, Any] = {"method": name, "source": src.name, "target": tgt.name, "steps": cfg.train.steps,
-                              "steps_per_s": round(cfg.train.steps / max(train_time, 1e-9), 3),
+    result: dict[str, Any] = {"method": name, "source": src.name, "target": tgt.name, "steps": steps,
+                              "steps_per_s": round(steps / max(train_time, 1e-9), 3),
                               "train_seconds": round(train_time, 1), "last_step_target_test_acc": None}
     last_test = evaluate(method, tgt, "test", TARGET, fmt)
     result["last_step_target_test_acc"] = last_test["acc"] if last_test else None
@@ -515,7 +572,12 @@ def _finish(cfg: RunConfig, method: SourceOnly, src: DomainData, tgt: DomainData
     result["selected_by"] = select
     result["labelled_val_acc"] = evaluate(method, labelled, "val", method.labelled_domain, fmt)["acc"]
     result = {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
-    out = Path(out) if out else run_dir(cfg) / "checkpoint"
     checkpoint.save(final.to(memory_format=torch.contiguous_format), out, {"run": to_dict(cfg), "metrics": result})
     log.info("%s: %s -> %s", cfg.name, result, out)
-    return out
+    return Path(out)
+
+
+def _setup(cfg: RunConfig) -> tuple[RunConfig, DomainData, DomainData, SourceOnly]:
+    """(resolved config, source, target, method) as a run of `cfg` starts them (seeded, on its device)."""
+    uda = start(cfg, UDA)
+    return uda.cfg, uda.src, uda.tgt, uda.method
