@@ -275,7 +275,8 @@ def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     model = _load_classifier(args.checkpoint)
     images, names = read_image_folder(args.images, channels=model.config.in_channels,
                                       image_size=model.config.image_size, resize=args.resize)
-    write_predictions(args.out, names, predict_logits(model, images).argmax(1).tolist())
+    logits = predict_logits(model, images, amp="auto", channels_last="auto")  # a prediction file: the fastest here
+    write_predictions(args.out, names, logits.argmax(1).tolist())
     print(f"wrote {len(names)} predictions to {args.out}")
     return 0
 

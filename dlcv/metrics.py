@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from dlcv import precision
 from dlcv.data.loaders import to_model_range
 
 log = logging.getLogger(__name__)
@@ -17,12 +18,26 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits (N, K) of uint8 images (N, C, H, W), in batches, model in eval mode."""
+                   device: torch.device | str = "cpu", amp: str | bool = "fp32",
+                   channels_last: str | bool | None = None) -> torch.Tensor:
+    """Logits (N, K) of uint8 images (N, C, H, W), in batches, model in eval mode.
+
+    Metrics keep the defaults (fp32, the model's layout as it is), so an accuracy means the same on every machine;
+    prediction files (`dlcv predict`, hw2_3.sh) pass amp="auto", channels_last="auto" and get what dlcv.precision
+    measures fastest here."""
     was_training = model.training
     model.eval()
-    outputs = [model(to_model_range(images[i:i + batch_size]).to(device)).float().cpu()
-               for i in range(0, len(images), batch_size)]
+    choice = precision.FP32
+    if len(images) and (channels_last is not None or precision.normalize_amp(amp) != "fp32"):
+        first = to_model_range(images[:batch_size]).to(device)
+        choice = precision.for_inference(model, "predict", len(first), lambda c: model(first.contiguous(
+            memory_format=c.memory_format)), device, amp, "auto" if channels_last is None else channels_last)
+    outputs = []
+    for i in range(0, len(images), batch_size):
+        x = to_model_range(images[i:i + batch_size]).to(device)
+        x = x.contiguous(memory_format=choice.memory_format) if choice.channels_last else x
+        with choice.autocast(device):
+            outputs.append(model(x).float().cpu())
     model.train(was_training)
     return torch.cat(outputs)
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from dlcv import precision
 from dlcv.diffusion import (NoiseSchedule, ddim_step, ddpm_step, dpm_solver_2m_step, guided_eps, predict_x0,
                             sampler_timesteps)
 from dlcv.metadata import Sampler, SamplingConfig
-from dlcv.runtime import autocast
 
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)  # one list: dlcv.metadata.Sampler
 
@@ -53,11 +53,11 @@ def predict_eps_parts(model: nn.Module, x_t: torch.Tensor, t: int, labels: torch
 def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Tensor, seed: int = 0,
                      sampler: str = SamplingConfig.sampler, steps: int = SamplingConfig.steps,
                      eta: float = SamplingConfig.eta, guidance: float = SamplingConfig.guidance,
-                     batch_size: int = 200, device: str | torch.device = "cpu", amp: bool = True,
+                     batch_size: int = 200, device: str | torch.device = "cpu", amp: str | bool = "auto",
                      keep: tuple[int, ...] = (), progress: Callable[[int, int], None] | None = None,
                      guidance_interval: tuple[int, int] | None = None,
                      uncond_every: int = SamplingConfig.uncond_every,
-                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                     channels_last: str | bool = "auto") -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Generate one image per label, in [-1, 1] on the CPU (N, C, H, W).
 
     sampler="ddpm" runs all T ancestral steps; "ddim" runs `steps` DDIM steps with `eta`; "dpm++2m" runs `steps`
@@ -70,6 +70,8 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
     between (it changes little from one DDIM step to the next): k = 2 makes 1.5 network calls per step instead of 2.
     k = 1 is exact classifier-free guidance. The default batch_size (200, so 400 through the network with
     guidance) is the fastest on a 2-core CPU: 1000 at once is 1.4x slower per image (caches).
+    `amp` ("auto" | "bf16" | "fp32") and `channels_last` ("auto" | "true" | "false") pick precision and layout;
+    auto settles them by a timed probe on this machine (dlcv.precision), cached.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -85,6 +87,13 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
     total = len(labels) * len(timesteps)
     done = 0
     model.eval()
+    first = labels[:batch_size].to(device)
+    probe_x = torch.zeros(len(first), c, size, size, device=device)
+    choice = precision.for_inference(
+        model, f"sample guidance={guidance > 0}", len(first),
+        lambda c: predict_eps_parts(model, probe_x.contiguous(memory_format=c.memory_format), timesteps[0], first,
+                                    guidance),
+        device, amp, channels_last)
     for start in range(0, len(labels), batch_size):
         y = labels[start:start + batch_size].to(device)
         gens = image_generators(seed, start, len(y))
@@ -94,10 +103,11 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
         for i, t in enumerate(timesteps):
             if t in kept:
                 kept[t].append(x.float().cpu())  # x_t before the step from t
-            with autocast(device, amp):
+            with choice.autocast(device):
                 in_interval = guidance_interval is None or guidance_interval[0] <= t <= guidance_interval[1]
                 reuse = eps_uncond if guided_steps % uncond_every else None
-                eps, eps_uncond = predict_eps_parts(model, x, t, y, guidance if in_interval else 0.0, reuse)
+                x_in = x.contiguous(memory_format=choice.memory_format)
+                eps, eps_uncond = predict_eps_parts(model, x_in, t, y, guidance if in_interval else 0.0, reuse)
                 guided_steps += eps_uncond is not None
             noise = per_image_noise(gens, (c, size, size)).to(device) if needs_noise and t > 0 else None
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else 0 if sampler == "dpm++2m" else -1
@@ -120,11 +130,12 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
 @torch.no_grad()
 def sample_gan(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor | None = None,
                batch_size: int = 500, device: str | torch.device = "cpu", truncation: float | None = None,
-               ) -> torch.Tensor:
+               amp: str | bool = "auto", channels_last: str | bool = "auto") -> torch.Tensor:
     """n images G(z_i, y_i) in [-1, 1] on the CPU (n, C, H, W); z_i comes from a CPU generator seeded seed + i.
 
     `labels` (n,) are required by a class-conditional generator. `truncation` resamples every entry of z with
     |z| > truncation until none is left (the truncation trick of Brock et al. 2019, sec. 3.1), per image.
+    `amp` / `channels_last` as in sample_diffusion.
     """
     if generator.config.num_classes > 0 and (labels is None or len(labels) != n):
         raise ValueError(f"this generator is class-conditional: pass labels, (n={n},) ints in "
@@ -132,6 +143,10 @@ def sample_gan(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor
     if truncation is not None and truncation <= 0:
         raise ValueError(f"truncation={truncation} must be > 0, or None for no truncation")
     generator.eval()
+    probe_z = torch.zeros(min(batch_size, n), generator.z_dim, device=device)
+    probe_y = labels[:len(probe_z)].to(device) if labels is not None else None
+    choice = precision.for_inference(generator, "sample", len(probe_z), lambda c: generator(probe_z, probe_y),
+                                     device, amp, channels_last)
     outputs = []
     for start in range(0, n, batch_size):
         gens = image_generators(seed, start, min(batch_size, n - start))
@@ -141,7 +156,8 @@ def sample_gan(generator: nn.Module, n: int, seed: int = 0, labels: torch.Tensor
                 while (outside := z_i.abs() > truncation).any():
                     z_i[outside] = torch.randn(int(outside.sum()), generator=g)
         y = labels[start:start + len(gens)].to(device) if labels is not None else None
-        outputs.append(generator(z.to(device), y).float().clamp(-1, 1).cpu())
+        with choice.autocast(device):
+            outputs.append(generator(z.to(device), y).float().clamp(-1, 1).cpu())
     return torch.cat(outputs)
 
 
@@ -162,15 +178,20 @@ def fit_latent_prior(model: nn.Module, images: torch.Tensor, batch_size: int = 5
 
 @torch.no_grad()
 def sample_vae(model: nn.Module, n: int, seed: int = 0, batch_size: int = 500, device: str | torch.device = "cpu",
-               temperature: float = 1.0, prior: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+               temperature: float = 1.0, prior: dict[str, torch.Tensor] | None = None, amp: str | bool = "auto",
+               channels_last: str | bool = "auto") -> torch.Tensor:
     """n images decode(z_i) in [-1, 1] on the CPU, z_i = temperature * e_i with e_i ~ N(0, I) from a CPU generator
     seeded seed + i; with a fitted `prior` (fit_latent_prior), z_i = mean + temperature * scale_tril e_i."""
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
     model.eval()
+    probe_z = torch.zeros(min(batch_size, n), model.z_dim, device=device)
+    choice = precision.for_inference(model, "decode", len(probe_z), lambda c: model.decode(probe_z), device, amp,
+                                     channels_last)
     outputs = []
     for start in range(0, n, batch_size):
         e = per_image_noise(image_generators(seed, start, min(batch_size, n - start)), (model.z_dim,))  # (B, D)
         z = temperature * e if prior is None else prior["mean"] + temperature * e @ prior["scale_tril"].T
-        outputs.append(model.decode(z.to(device)).float().clamp(-1, 1).cpu())
+        with choice.autocast(device):
+            outputs.append(model.decode(z.to(device)).float().clamp(-1, 1).cpu())
     return torch.cat(outputs)

@@ -304,7 +304,7 @@ def predict_folder(checkpoint: Path, folder: Path, names: list[str]) -> list[int
     size, channels = config.image_size, getattr(config, "in_channels", getattr(config, "channels", 3))
     array = read_images(folder, names, size=size, channels=channels, resize=True, cache=False)
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
-    return predict_logits(model, images).argmax(1).tolist()
+    return predict_logits(model, images, amp="auto", channels_last="auto").argmax(1).tolist()
 
 
 def part_adaptation(ctx: Context) -> list[Entry]:

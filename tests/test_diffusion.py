@@ -95,13 +95,13 @@ def test_uncond_every_reuses_the_unconditional_eps():
     labels = torch.tensor([0, 1, 2])
     calls: list[int] = []  # batch sizes through the network
     model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
-    exact, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False)
+    exact, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, channels_last=False)
     assert calls == [6] * 6  # conditional + unconditional on every step
     calls.clear()
-    reused, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, uncond_every=2)
+    reused, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, channels_last=False, uncond_every=2)
     assert calls == [6, 3] * 3  # the unconditional half runs on steps 0, 2, 4 only
     assert reused.shape == exact.shape and not torch.allclose(reused, exact)
-    again, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, uncond_every=1)
+    again, _ = sample_diffusion(model, s, labels, seed=3, steps=6, guidance=2.0, amp=False, channels_last=False, uncond_every=1)
     assert torch.equal(again, exact)
     with pytest.raises(ValueError, match="uncond_every=0 must be >= 1"):
         sample_diffusion(model, s, labels, uncond_every=0)
