@@ -78,7 +78,8 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a lock or temporary file's owner)."""
     if pid == os.getpid():
         return True
     try:
@@ -113,7 +114,7 @@ def recover(path: str | os.PathLike) -> None:
     for name in names:
         rest = name[len(prefix):]
         match = re.fullmatch(r"(new|old|tmp)-(\d+)(?:-\w+)?", rest)
-        if match and not _alive(int(match[2])):
+        if match and not pid_alive(int(match[2])):
             found[match[1]].append(path.parent / name)
         elif re.fullmatch(r"[a-z0-9_]{8}\.tmp", rest):  # mkdtemp/mkstemp names of earlier versions: no PID
             with contextlib.suppress(OSError):

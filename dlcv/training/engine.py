@@ -29,6 +29,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
 from dlcv import checkpoint
+from dlcv.fileio import pid_alive
 from dlcv.config import RunConfig, TrainConfig, to_dict
 from dlcv.data.loaders import to_image_range
 from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
@@ -312,7 +313,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder is not None and _alive(holder):
+                if holder is not None and pid_alive(holder):
                     raise RuntimeError(f"{self.path.parent} is being trained by process {holder}; wait for it, stop "
                                        f"it, or train under another --name") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
@@ -331,16 +332,6 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         if self._holder() == os.getpid():
             self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- TensorBoard
