@@ -59,6 +59,27 @@ hinge_losses = GANLoss(hinge_d_loss, hinge_g_loss)
 wasserstein_losses = GANLoss(wasserstein_d_loss, wasserstein_g_loss)
 
 
+class LeCam(torch.nn.Module):
+    """LeCam regularisation of D (Tseng et al. 2021, eq. (3)): R_LC = E_x[||D(x) - alpha_F||^2] + E_z[||D(G(z)) -
+    alpha_R||^2], where alpha_R, alpha_F are exponential moving averages of D's mean output on real and fake images.
+    It keeps D's outputs on the two sides near each other's running anchor, which the paper shows bounds the LeCam
+    divergence and helps most on small training sets. As in the authors' code, only the side that moved past its
+    anchor is penalised (relu). The anchors are buffers, so they are saved and resumed with D's state."""
+
+    def __init__(self, decay: float = 0.99) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("anchor_real", torch.zeros(()))
+        self.register_buffer("anchor_fake", torch.zeros(()))
+
+    def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # alpha <- decay * alpha + (1 - decay) * E[D(.)]
+            self.anchor_real.lerp_(real_logits.detach().float().mean(), 1.0 - self.decay)
+            self.anchor_fake.lerp_(fake_logits.detach().float().mean(), 1.0 - self.decay)
+        return (F.relu(real_logits.float() - self.anchor_fake).pow(2).mean()
+                + F.relu(self.anchor_real - fake_logits.float()).pow(2).mean())
+
+
 def gradient_penalty(discriminator: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
                      fake: torch.Tensor) -> torch.Tensor:
     """E[(||grad D(x_hat)||_2 - 1)^2] with x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per sample.

@@ -83,6 +83,17 @@ PRESETS: dict[str, RunConfig] = {
         method={"loss": "hinge", "d_lr": 4e-4, "d_width": 128, "d_norm": "none", "spectral_norm": True,
                 "diffaugment": "color,translation,cutout"},
     ),
+    # method B candidate at method A's cost per step: D of A's width with spectral norm and hinge, DiffAugment and
+    # LeCam regularisation (Tseng et al. 2021: both made for small training sets), TTUR and an EMA of G
+    "lecam_faces": RunConfig(
+        name="lecam_faces", family="gan", architecture="generator",
+        model=GeneratorConfig(z_dim=100, image_size=64, channels=3, width=64),
+        data=DataConfig(dataset="face", image_size=64, channels=3, attribute=""),
+        train=TrainConfig(steps=60000, batch_size=64, lr=1e-4, betas=(0.0, 0.9), ema_decay=0.999, log_every=100,
+                          sample_every=2500, save_every=500, snapshot_every=2500),
+        method={"loss": "hinge", "d_lr": 4e-4, "d_width": 64, "d_norm": "none", "spectral_norm": True,
+                "diffaugment": "color,translation", "lecam_weight": 0.3},
+    ),
     # WGAN-GP (Gulrajani et al. 2017): layer-normed critic, 5 critic updates per G update, lambda 10
     "wgan_gp_faces": RunConfig(
         name="wgan_gp_faces", family="gan", architecture="generator",

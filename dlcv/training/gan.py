@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dlcv import checkpoint
 from dlcv.config import RunConfig, check_choice, from_dict, to_dict
 from dlcv.data.loaders import load_split, to_model_range
-from dlcv.losses import auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
+from dlcv.losses import LeCam, auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
 from dlcv.models import build_model
 from dlcv.models.gan import ConditionalBatchNorm2d, Discriminator, DiscriminatorConfig
 from dlcv.sampling import sample_gan
@@ -54,6 +54,8 @@ class GANMethod:
     # steps at the start that update D alone: a fresh D against a trained G would otherwise hand G noise for
     # gradients and undo what it learned
     d_warmup: int = 0
+    lecam_weight: float = 0.0  # > 0: LeCam regularisation of D at this weight (Tseng et al. 2021 use 0.1-0.5)
+    lecam_decay: float = 0.99  # of LeCam's anchors, the moving averages of D's outputs
 
     def __post_init__(self) -> None:
         check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
@@ -63,6 +65,9 @@ class GANMethod:
             raise ValueError("method.label_smoothing applies to method.loss='dcgan' only; set it to 0")
         if self.d_warmup < 0:
             raise ValueError(f"method.d_warmup={self.d_warmup} must be >= 0 (0: off)")
+        if self.lecam_weight < 0 or not 0.0 <= self.lecam_decay < 1.0:
+            raise ValueError(f"method.lecam_weight must be >= 0 and method.lecam_decay in [0, 1), got "
+                             f"{self.lecam_weight}, {self.lecam_decay}")
         if self.n_critic < 1 or self.g_steps < 1:
             raise ValueError(f"method.n_critic and method.g_steps must be >= 1, got {self.n_critic}, {self.g_steps}")
 
@@ -214,6 +219,7 @@ class GAN(Algorithm):
                                       weight_decay=cfg.train.weight_decay)
         # buffers (batch-norm running statistics) are averaged too, so they match the averaged weights
         self.ema = ctx.ema(self.generator)
+        self.lecam = LeCam(method.lecam_decay).to(device) if method.lecam_weight > 0 else None
         self.teachers = [load_teacher(path, self.num_classes, device)
                          for path in filter(None, method.teacher.split(","))]
         self.d_kwargs = {"label_smoothing": method.label_smoothing} if method.label_smoothing else {}
@@ -222,9 +228,11 @@ class GAN(Algorithm):
         self.reuse = method.n_critic == 1 and method.g_steps == 1
 
     def state_modules(self) -> dict[str, Any]:
-        ema = {"ema": self.ema} if self.ema is not None else {}
+        extra = {"ema": self.ema} if self.ema is not None else {}
+        if self.lecam is not None:
+            extra["lecam"] = self.lecam
         return {"generator": self.generator, "discriminator": self.discriminator, "g_opt": self.g_opt,
-                "d_opt": self.d_opt, **ema}
+                "d_opt": self.d_opt, **extra}
 
     def begin(self, start: int, extra: dict[str, Any]) -> None:
         if start == 0 and self.method.init_generator:  # a resumed or branched run goes on from its own weights
@@ -273,6 +281,10 @@ class GAN(Algorithm):
                 gp = gradient_penalty(lambda x_hat: self.discriminate(x_hat, noise_std)[0], real, fake)
                 d_loss = d_loss + method.gp_weight * gp
                 metrics["gp"] = gp
+            if self.lecam is not None:
+                lecam = self.lecam(real_logits, fake_logits)
+                d_loss = d_loss + method.lecam_weight * lecam
+                metrics["lecam"] = lecam
             if self.num_classes > 0:  # ACGAN: D also classifies real and fake images (Odena et al. 2017)
                 d_loss = d_loss + method.aux_weight * auxiliary_class_loss(torch.cat([real_class, fake_class]),
                                                                            torch.cat([y, y_fake]))
