@@ -1,12 +1,13 @@
-"""Training images/s of each face preset on this machine, beside a plain course-style reference loop (issue 3).
+"""Training images/s of each face preset and the DDPM on this machine, in every precision x memory layout and as
+`train.amp=auto, train.channels_last=auto` chose, beside a plain course-style reference loop.
 
     python benchmarks/train_speed.py --data data --steps 30
 
 The reference is the course's DCGAN loop: a DataLoader over the PNG files (PIL decode + ToTensor + Normalize per
 image, no in-memory cache), fp32, default memory layout, the same Generator/Discriminator and BCE maths. Our loop
-is `dlcv.training.train` on the preset as shipped (in-memory uint8 cache, bf16 autocast, channels_last). Each
-preset is also timed with amp and channels_last off ("plain"), which isolates what the two settings buy.
-Throughput counts real images through D per second, after `--warmup` steps.
+is `dlcv.training.train` on the preset (in-memory uint8 cache), once per combination of fp32 / bf16 autocast and
+default / channels_last layout, and once on auto with an empty precision cache, so its probe runs and its choice is
+printed. Throughput counts real images through D (or the network) per second, after `--warmup` steps.
 
 `--compare-old DIR` times each preset's loop in this checkout against the same loop in another checkout DIR of
 dlcv (e.g. `git worktree add /tmp/old 6404b13`, the last commit before the engine), alternating the two in fresh
@@ -16,13 +17,14 @@ processes `--repeats` times and printing the median ratio new / old:
 
 It also prints the arithmetic the reference does (GFLOP per step, counted by torch's FlopCounterMode) and this
 machine's fp32 matmul rate, so a reader can tell whether 2x the reference is possible with fp32 maths at all: on a
-CPU without native bf16 (AVX2 only) the reference already runs near that rate (RESULTS.md, issue 3 speed).
+CPU without native bf16 (AVX2 only) the reference already runs near that rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -36,28 +38,37 @@ sys.path.insert(0, CODE)
 
 from dlcv.config import apply_overrides  # noqa: E402
 from dlcv.presets import get_preset  # noqa: E402
-from dlcv.runtime import bf16_native  # noqa: E402
 from dlcv.training import train  # noqa: E402
 from dlcv.training.common import run_dir  # noqa: E402
 
-PRESETS = ["dcgan_faces", "sngan_faces", "wgan_gp_faces", "acgan_faces", "vae_faces"]
+PRESETS = ["dcgan_faces", "sngan_faces", "wgan_gp_faces", "acgan_faces", "vae_faces", "ddpm_digits"]
+# (train.amp, train.channels_last): every fixed combination, then the probe's choice
+COMBINATIONS = [("fp32", "false"), ("fp32", "true"), ("bf16", "false"), ("bf16", "true"), ("auto", "auto")]
 
 
-def ours(preset: str, data: str, steps: int, warmup: int, plain: bool) -> float:
-    """Images/s of the shipped training loop, from its metrics.jsonl timestamps (one line per step)."""
+def ours(preset: str, data: str, steps: int, warmup: int, amp: str = "auto", layout: str = "auto",
+         ) -> tuple[float, str]:
+    """(images/s, the combination that ran) of our training loop, from its metrics.jsonl timestamps (one line per
+    step). amp="auto" probes afresh: the precision cache is a temporary one."""
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"--data.root={data}", f"--train.out_dir={tmp}", f"--train.steps={warmup + steps}",
                      "--train.log_every=1", "--train.sample_every=0", "--train.save_every=0", "--train.eval_every=0",
-                     "--train.progress=false", "--train.device=cpu"]
-        if plain:
-            overrides += ["--train.amp=false", "--train.channels_last=false"]
+                     "--train.progress=false", "--train.device=cpu", "--train.tensorboard=false",
+                     f"--train.amp={amp}", f"--train.channels_last={layout}"]
         cfg = apply_overrides(get_preset(preset), overrides)
-        train(cfg, out=Path(tmp) / "ckpt")
+        cache = os.environ.get("DLCV_CACHE")
+        os.environ["DLCV_CACHE"] = str(Path(tmp) / "cache")
+        try:
+            folder = train(cfg, out=Path(tmp) / "ckpt")
+        finally:
+            os.environ.pop("DLCV_CACHE") if cache is None else os.environ.update(DLCV_CACHE=cache)
+        ran = json.loads((folder / "config.json").read_text())["run"]["train"]
         lines = [json.loads(line) for line in (run_dir(cfg) / "metrics.jsonl").read_text().splitlines()]
         n_critic = int(cfg.method.get("n_critic", 1))
         # the last line also carries end-of-run work (the VAE's val pass), so time up to the one before it
         seconds = lines[-2]["time_s"] - lines[warmup - 1]["time_s"]
-        return (steps - 1) * cfg.train.batch_size * n_critic / seconds
+        label = f"{ran['amp']}{' + CL' if ran['channels_last'] in (True, 'true') else ''}"
+        return (steps - 1) * cfg.train.batch_size * n_critic / seconds, label
 
 
 def reference(data: str, steps: int, warmup: int, batch_size: int = 64) -> float:
@@ -177,26 +188,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.measure:
-        print(ours(args.measure, args.data, args.steps, args.warmup, plain=False))
+        print(ours(args.measure, args.data, args.steps, args.warmup)[0])
         return
     if args.compare_old:
         compare_old(args)
         return
     args.presets = args.presets or PRESETS
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; images/s over {args.steps} steps")
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    kind = "AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kind: {kind}; images/s over "
+          f"{args.steps} steps")
     ref = reference(args.data, args.steps, args.warmup)
-    print(f"{'reference (course DCGAN loop, PNG DataLoader, fp32)':<52} {ref:8.1f} img/s   1.00x")
-    gflop, ceiling, native = reference_gflop(), matmul_gflops(), bf16_native(torch.device("cpu"))
-    print(f"  reference arithmetic: {gflop:.1f} GFLOP per step of 64 -> {ref / 64 * gflop:.0f} GFLOP/s; 2x needs "
-          f"{2 * ref / 64 * gflop:.0f} GFLOP/s; this CPU's fp32 matmul: {ceiling:.0f} GFLOP/s (bf16 native: {native})")
-    # train.amp asks for bf16 autocast, which runs only where bf16 is native (dlcv.runtime.autocast)
-    shipped = " (shipped: bf16 autocast, channels_last)" if native else \
-        " (shipped: channels_last; fp32, no native bf16)"
+    print(f"reference (course DCGAN loop, PNG DataLoader, fp32): {ref:.1f} img/s")
+    gflop, ceiling = reference_gflop(), matmul_gflops()
+    print(f"  reference arithmetic: {gflop:.1f} GFLOP per step of 64 -> {ref / 64 * gflop:.0f} GFLOP/s; "
+          f"this CPU's fp32 matmul: {ceiling:.0f} GFLOP/s")
+    names = [f"{a}{' + CL' if c == 'true' else ''}" for a, c in COMBINATIONS[:-1]]
+    print(f"{'preset':<16}" + "".join(f"{n:>12}" for n in names) + f"{'auto':>12} {'auto chose':<12}"
+          f"{'auto/fastest':>13}{'auto/ref':>10}")
     for preset in args.presets:
-        plain = ours(preset, args.data, args.steps, args.warmup, plain=True)
-        fast = ours(preset, args.data, args.steps, args.warmup, plain=False)
-        print(f"{preset + ' (plain: fp32, default layout)':<52} {plain:8.1f} img/s   {plain / ref:.2f}x")
-        print(f"{preset + shipped:<52} {fast:8.1f} img/s   {fast / ref:.2f}x")
+        speeds = [ours(preset, args.data, args.steps, args.warmup, amp, layout)
+                  for amp, layout in COMBINATIONS]
+        fixed, (auto, chose) = [v for v, _ in speeds[:-1]], speeds[-1]
+        fastest = max(fixed + [auto])
+        # the reference is a DCGAN loop: a ratio to it means something for the face GANs only
+        vs_ref = f"{auto / ref:10.2f}" if preset.endswith("_faces") and preset != "vae_faces" else ""
+        print(f"{preset:<16}" + "".join(f"{v:12.1f}" for v in fixed) + f"{auto:12.1f} {chose:<12}"
+              f"{auto / fastest:13.2f}{vs_ref}", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ class TrainConfig:
     max_minutes: float = 0.0  # > 0: stop at this wall-clock budget, saving state and checkpoint
     snapshot_every: int = 0  # > 0: also write the shippable model every n steps, to pick the best one by a metric
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" | "mps"; under torchrun each rank's local GPU
-    amp: bool = True  # bf16 autocast where the device computes bf16 natively (runtime.bf16_native)
-    channels_last: bool = True
+    # "auto" | "bf16" | "fp32" and "auto" | "true" | "false": auto times each combination on a real training step of
+    # this run and keeps the fastest (dlcv.precision; cached per machine, model and batch); an explicit value wins.
+    # Booleans of older configs still read: amp true = auto, false = fp32
+    amp: str = "auto"
+    channels_last: str = "auto"
     deterministic: bool = False
     progress: bool = True
     out_dir: str = "runs"
@@ -74,6 +77,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"train.steps must be >= 0 and train.batch_size >= 1, got {self.steps}, {self.batch_size}")
+        from dlcv.precision import normalize_amp, normalize_layout  # lazy: precision needs torch
+
+        try:
+            self.amp, self.channels_last = normalize_amp(self.amp), normalize_layout(self.channels_last)
+        except ValueError as err:
+            raise ValueError(f"train.{err}") from None
 
 
 @dataclass

@@ -197,9 +197,10 @@ def parse_sampling_overrides(items: list[str], base: SamplingConfig | None = Non
 
 # ---------------------------------------------------------------- rebuild commands
 
-# where it ran, its wall-clock limit and how often it logged or drew samples: none of them changes the weights
+# where it ran, its wall-clock limit and how often it logged or drew samples: none of them changes the weights; the
+# precision and memory layout (chosen per machine when "auto") change them by rounding noise only
 PLACE_FIELDS = ("data.root", "train.out_dir", "train.device", "train.progress", "train.max_minutes", "train.log_every",
-                "train.eval_every", "train.sample_every", "train.tensorboard")
+                "train.eval_every", "train.sample_every", "train.tensorboard", "train.amp", "train.channels_last")
 
 
 def train_command(preset: str, overrides: list[str], out: str) -> str:

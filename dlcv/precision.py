@@ -211,6 +211,13 @@ def describe(choice: Choice, seconds: dict[Choice, float]) -> str:
 
 def choose(kind: str, model_key: str, batch_size: int, run: Callable[[Choice], Any], device: torch.device | str,
            amp: Any = "auto", channels_last: Any = "auto", repeats: int = 3) -> Choice:
+    """choose_explained() without the line."""
+    return choose_explained(kind, model_key, batch_size, run, device, amp, channels_last, repeats)[0]
+
+
+def choose_explained(kind: str, model_key: str, batch_size: int, run: Callable[[Choice], Any],
+                     device: torch.device | str, amp: Any = "auto", channels_last: Any = "auto", repeats: int = 3,
+                     ) -> tuple[Choice, str]:
     """The combination to use for `kind` ("train", "sample", "predict", ...) of `model_key` at `batch_size`.
 
     Pinned settings leave one option and nothing is timed. Otherwise the cached choice for this device, torch
@@ -220,15 +227,16 @@ def choose(kind: str, model_key: str, batch_size: int, run: Callable[[Choice], A
     device = torch.device(device)
     options = candidates(amp, channels_last, device)
     if len(options) == 1:
-        return options[0]
+        return options[0], f"{options[0].label} (asked)"
     key = " | ".join([device_name(device), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
                       kind, model_key, f"batch {batch_size}", ",".join(c.label for c in options)])
     path = cache_path()
     cache = _read_cache(path)
     hit = _cached(cache.get(key), options)
     if hit is not None:
-        log.info("%s %s: %s (cached)", kind, model_key, cache[key].get("line", hit.label))
-        return hit
+        line = f"{cache[key].get('line', hit.label)} (cached)"
+        log.info("%s %s: %s", kind, model_key, line)
+        return hit, line
     seconds = time_options(options, run, device, repeats)
     choice = pick(seconds)
     line = describe(choice, seconds)
@@ -241,7 +249,7 @@ def choose(kind: str, model_key: str, batch_size: int, run: Callable[[Choice], A
         atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
     except OSError as err:  # a read-only home: the choice still holds for this process
         log.warning("could not cache the precision choice in %s (%s)", path, err)
-    return choice
+    return choice, line
 
 
 @torch.no_grad()

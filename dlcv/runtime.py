@@ -1,8 +1,7 @@
-"""Seeding, device choice, deterministic mode and the CPU speed settings (bf16 autocast, channels_last)."""
+"""Seeding, device choice and deterministic mode (precision and memory layout: dlcv.precision)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 
@@ -42,27 +41,3 @@ def set_deterministic(enabled: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=False)
     torch.backends.cudnn.benchmark = not enabled
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware. A CPU without AVX512-BF16/AMX (e.g. an AVX2-only AMD EPYC) emulates
-    it: there a DANN step under bf16 autocast ran ~10x slower than fp32 (RESULTS.md, "bf16 only where native")."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
-def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the device computes bf16 natively (2.7x faster with channels_last on a 2-core CPU with
-    AVX512-BF16), else a no-op: `enabled` (train.amp) asks for it, bf16_native decides."""
-    device = torch.device(device)
-    if not enabled or not bf16_native(device):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def memory_format(channels_last: bool) -> torch.memory_format:
-    """The memory layout that models and image batches use."""
-    return torch.channels_last if channels_last else torch.contiguous_format

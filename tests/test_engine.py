@@ -241,3 +241,81 @@ def test_batch_size_is_global_and_must_split_over_the_ranks(tiny_run_cfg):
         check_train_fields(apply_overrides(tiny_run_cfg, ["--train.batch_size=5"]), Classifier, world=2)
     check_train_fields(tiny_run_cfg, Classifier, world=2)
     assert TrainConfig().eval_every == 0 and TrainConfig().sample_every == 0  # off unless a family can do them
+
+
+# ---------------------------------------------------------------- precision: train.amp / train.channels_last = auto
+
+
+@pytest.fixture
+def probe_log(monkeypatch, tmp_path):
+    """A private precision cache; records each probe's timed options; `fastest` fakes which option wins."""
+    from dlcv import precision
+
+    monkeypatch.setenv("DLCV_CACHE", str(tmp_path / "cache"))
+    timed, real = [], precision.time_options
+    state = {"fastest": precision.Choice(True, True)}
+
+    def time_options(options, run, device, repeats=3):
+        real(options, run, device, repeats=1)  # the real updates run, so the test sees that they leave no trace
+        timed.append(list(options))
+        return {o: (0.5 if o == state["fastest"] else 1.0) for o in options}
+
+    monkeypatch.setattr(precision, "time_options", time_options)
+    return timed, state
+
+
+def auto_gan(tiny_digits, tiny_faces, tmp_path, *extra):
+    return tiny("dcgan_faces", tiny_digits, tiny_faces, tmp_path, "--train.deterministic=false",
+                "--train.amp=auto", "--train.channels_last=auto", "--train.sample_every=0", *extra)
+
+
+def test_auto_precision_is_probed_once_logged_cached_and_recorded(probe_log, tiny_digits, tiny_faces, tmp_path,
+                                                                  caplog):
+    timed, _ = probe_log
+    cfg = auto_gan(tiny_digits, tiny_faces, tmp_path)
+    with caplog.at_level("INFO"):
+        _, meta = checkpoint.load(train(cfg, out=tmp_path / "a"))
+    assert len(timed) == 1 and len(timed[0]) == 4  # fp32 / bf16 x default / channels_last
+    assert meta["run"]["train"]["amp"] == "bf16" and meta["run"]["train"]["channels_last"] == "true"
+    said = [r.getMessage() for r in caplog.records if "trains in" in r.getMessage()]
+    assert len(said) == 1 and "bf16 + channels_last: 2.00x fp32" in said[0]
+    assert cfg.train.amp == "auto"  # the caller's config is left as given
+    # another run of the same model and batch reads the cache and times nothing
+    train(auto_gan(tiny_digits, tiny_faces, tmp_path, "--name=again"), out=tmp_path / "b")
+    assert len(timed) == 1
+
+
+def test_the_probe_changes_no_weight(probe_log, tiny_digits, tiny_faces, tmp_path):
+    """The probe trains a throwaway copy: a run that probed (and picked fp32) ends with the weights of one pinned to
+    fp32 from the start."""
+    from dlcv.precision import FP32
+
+    timed, state = probe_log
+    state["fastest"] = FP32
+    probed, _ = checkpoint.load(train(auto_gan(tiny_digits, tiny_faces, tmp_path), out=tmp_path / "a"))
+    pinned, _ = checkpoint.load(train(auto_gan(tiny_digits, tiny_faces, tmp_path, "--train.amp=fp32",
+                                               "--train.channels_last=false", "--name=pinned"), out=tmp_path / "b"))
+    assert len(timed) == 1
+    for (name, a), b in zip(probed.state_dict().items(), pinned.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_explicit_precision_wins_deterministic_is_fp32_and_a_resume_keeps_its_choice(probe_log, tiny_digits,
+                                                                                     tiny_faces, tmp_path):
+    from dlcv.precision import FP32
+
+    timed, state = probe_log
+    _, meta = checkpoint.load(train(auto_gan(tiny_digits, tiny_faces, tmp_path, "--train.amp=fp32",
+                                             "--train.channels_last=true"), out=tmp_path / "a"))
+    assert timed == [] and (meta["run"]["train"]["amp"], meta["run"]["train"]["channels_last"]) == ("fp32", "true")
+    _, meta = checkpoint.load(train(tiny("dcgan_faces", tiny_digits, tiny_faces, tmp_path, "--name=det",
+                                         "--train.sample_every=0"),
+                                    out=tmp_path / "b"))  # tiny() runs deterministic, amp and layout left on auto
+    assert timed == [] and (meta["run"]["train"]["amp"], meta["run"]["train"]["channels_last"]) == ("fp32", "false")
+
+    cfg = auto_gan(tiny_digits, tiny_faces, tmp_path, "--name=resumed", "--train.max_minutes=0")
+    train(cfg, out=tmp_path / "c")  # 2 steps in bf16 + channels_last
+    state["fastest"] = FP32  # what a new probe would now say; the resumed run must not ask
+    _, meta = checkpoint.load(train(apply_overrides(cfg, ["--train.steps=3"]), out=tmp_path / "c"))
+    assert len(timed) == 1 and meta["trained_steps"] == 3
+    assert (meta["run"]["train"]["amp"], meta["run"]["train"]["channels_last"]) == ("bf16", "true")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
+import json
 import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,12 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
-from dlcv import checkpoint
+from dlcv import checkpoint, precision
 from dlcv.fileio import pid_alive
 from dlcv.config import RunConfig, TrainConfig, to_dict
 from dlcv.data.loaders import to_image_range
-from dlcv.runtime import autocast, memory_format, pick_device, seed_everything, set_deterministic
+from dlcv.precision import Choice
+from dlcv.runtime import pick_device, seed_everything, set_deterministic
 from dlcv.training.common import (EMA, STATE_NAME, Deadline, MetricLog, every, load_state, run_dir, save_state,
                                   snapshot_dir)
 
@@ -47,25 +50,112 @@ LOCK_NAME = "run.lock"
 
 @dataclass
 class Precision:
-    """Memory format and autocast of a run. Families call `place(module)` and `autocast()`, nothing else, so a later
-    policy (dlcv.precision) replaces this one function and class."""
+    """Autocast and memory format of a run. Families call `place(module)`, `autocast()` and read `fmt`, nothing else.
+    `options` are the combinations train.amp / train.channels_last leave open; `resolve_precision` pins them to
+    one before a run is built."""
 
     device: torch.device
-    amp: bool
-    fmt: torch.memory_format
+    choice: Choice
+    options: tuple[Choice, ...] = ()
+
+    @property
+    def fmt(self) -> torch.memory_format:
+        return self.choice.memory_format
+
+    @property
+    def amp(self) -> bool:
+        return self.choice.bf16
 
     def place(self, module: nn.Module) -> nn.Module:
         """Move a network to the run's device and memory format."""
         return module.to(self.device, memory_format=self.fmt)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast where train.amp asks for it and the device computes bf16 natively, else a no-op."""
-        return autocast(self.device, self.amp)
+        """bf16 autocast when the run's choice is bf16, else a no-op."""
+        return self.choice.autocast(self.device)
+
+    def use(self, choice: Choice, modules: dict[str, Any]) -> None:
+        """Switch to `choice`, moving every network among `modules` to its memory format."""
+        self.choice = choice
+        for module in modules.values():
+            if isinstance(module, nn.Module):
+                module.to(memory_format=choice.memory_format)
+
+
+def _choice_of(entry: Any) -> Choice | None:
+    """A Choice from its to_dict() form (state.pt's record), None if absent or malformed."""
+    if not isinstance(entry, dict) or entry.get("amp") not in ("bf16", "fp32") \
+            or not isinstance(entry.get("channels_last"), bool):
+        return None
+    return Choice(entry["amp"] == "bf16", entry["channels_last"])
 
 
 def choose_precision(train: TrainConfig, device: torch.device) -> Precision:
-    """The run's precision from its train config and device (train.amp, train.channels_last)."""
-    return Precision(device=device, amp=train.amp, fmt=memory_format(train.channels_last))
+    """The run's precision options from train.amp / train.channels_last. A deterministic run resolves "auto" to fp32
+    and the default layout: the same seed then gives the same weights whatever machine the probe ran on."""
+    amp, layout = train.amp, train.channels_last
+    if train.deterministic:
+        amp, layout = ("fp32" if amp == "auto" else amp), ("false" if layout == "auto" else layout)
+    options = tuple(precision.candidates(amp, layout, device))
+    return Precision(device=device, choice=options[0], options=options)
+
+
+def resolve_precision(cfg: RunConfig, family: type[Algorithm], dist_: Distributed) -> RunConfig:
+    """`cfg` with train.amp and train.channels_last pinned to what this run uses, so config.json and state.pt record
+    it. With options left open ("auto"), a resumed run keeps what it started with (the same numerics as an unbroken
+    run); a fresh one times real updates of a throwaway copy of the family on rank 0, which every rank then uses. The
+    copy is discarded and the run built afresh (and re-seeded), so the probe changes its speed, never its weights."""
+    device = dist_.device(cfg.train)
+    options = list(choose_precision(cfg.train, device).options)
+    choice, line = options[0], ""
+    if len(options) > 1:
+        before = _choice_of(_saved_extra(cfg).get("precision"))
+        if before in options:
+            choice, line = before, f"{before.label} (as before the resume)"
+        else:
+            if dist_.main:
+                choice, line = _probe(pinned(cfg, options[0]), family, dist_, options)
+                gc.collect()  # the throwaway copy's data and networks
+            choice = options[dist_.share_index(options.index(choice))]
+        if dist_.main:
+            log.info("%s trains in %s", cfg.name, line or choice.label)
+    return pinned(cfg, choice)
+
+
+def pinned(cfg: RunConfig, choice: Choice) -> RunConfig:
+    """`cfg` with its precision fixed to `choice`."""
+    train = replace(cfg.train, amp="bf16" if choice.bf16 else "fp32",
+                    channels_last="true" if choice.channels_last else "false")
+    return replace(cfg, train=train)
+
+
+def _probe(cfg: RunConfig, family: type[Algorithm], dist_: Distributed, options: list[Choice]) -> tuple[Choice, str]:
+    algo = start(cfg, family, dist_)
+    modules = algo.state_modules()
+    algo.begin(0, {})
+    batches = algo.batches(0)
+
+    def run(option: Choice) -> None:
+        algo.ctx.precision.use(option, modules)
+        algo.update(0, batches)
+
+    key = f"{cfg.family} {cfg.architecture} " + json.dumps({"model": to_dict(cfg.model), "method": cfg.method},
+                                                            sort_keys=True)
+    amp = "auto" if len({o.bf16 for o in options}) > 1 else cfg.train.amp
+    layout = "auto" if len({o.channels_last for o in options}) > 1 else cfg.train.channels_last
+    return precision.choose_explained("train", key, algo.ctx.batch_size, run, algo.ctx.device, amp, layout)
+
+
+def _saved_extra(cfg: RunConfig) -> dict[str, Any]:
+    """The `extra` of the run's state.pt (what a resume would read), {} for a fresh or unreadable one."""
+    path = run_dir(cfg) / STATE_NAME
+    if not path.is_file():
+        return {}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # load_state reports an unreadable state with its fix; here it only means "no record"
+        return {}
+    return state.get("extra", {}) if isinstance(state, dict) else {}
 
 
 # ---------------------------------------------------------------- torch.distributed
@@ -108,6 +198,14 @@ class Distributed:
         flag = torch.tensor([1 if ok else 0], dtype=torch.int64)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
+
+    def share_index(self, index: int) -> int:
+        """Rank 0's `index` on every rank (a collective: every rank must call it at the same point)."""
+        if self.world == 1:
+            return index
+        value = torch.tensor([index], dtype=torch.int64)
+        dist.broadcast(value, src=0)
+        return int(value.item())
 
     def prepare(self, modules: dict[str, Any], train: TrainConfig, device: torch.device) -> None:
         """Make every rank start from rank 0's weights and average gradients before each optimizer step."""
@@ -433,6 +531,7 @@ def _clear_run(folder: Path) -> None:
 
 
 def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_: Distributed) -> Path:
+    cfg = resolve_precision(cfg, family, dist_)
     algo = start(cfg, family, dist_)
     ctx, train = algo.ctx, cfg.train
     cfg = ctx.cfg  # a family may resolve parts of its config (UDA's input_norm="auto")
@@ -485,7 +584,8 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
                 checkpoint.save(module, snapshot_dir(cfg, step + 1),
                                 {"run": to_dict(cfg), "trained_steps": step + 1, **meta})
             if (every(step, train.save_every) or last) and ctx.main:
-                save_state(cfg, step + 1, modules, {**algo.extra_state(), "train_time": ctx.train_seconds})
+                save_state(cfg, step + 1, modules, {**algo.extra_state(), "train_time": ctx.train_seconds,
+                                                    "precision": ctx.precision.choice.to_dict()})
             done = step + 1
             clock = time.perf_counter()
             if last:
