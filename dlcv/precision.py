@@ -96,9 +96,14 @@ def bf16_available(device: torch.device) -> bool:
 
 
 def candidates(amp: Any, channels_last: Any, device: torch.device | str) -> list[Choice]:
-    """The combinations that the settings leave open, plain fp32 / default layout first."""
+    """The combinations that the settings leave open, plain fp32 / default layout first. $DLCV_AMP and
+    $DLCV_CHANNELS_LAST (same values) stand in for a setting left on auto, e.g. DLCV_AMP=fp32 for a whole command."""
     device = torch.device(device)
     amp, layout = normalize_amp(amp), normalize_layout(channels_last)
+    if amp == "auto":
+        amp = normalize_amp(os.environ.get("DLCV_AMP") or "auto")
+    if layout == "auto":
+        layout = normalize_layout(os.environ.get("DLCV_CHANNELS_LAST") or "auto")
     precisions = {"fp32": [False], "bf16": [True], "auto": [False, True]}[amp]
     if amp == "auto" and not bf16_available(device):
         precisions = [False]

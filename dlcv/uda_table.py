@@ -127,6 +127,9 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
     now = to_dict(cfg)
     if now["model"].get("input_norm") == "auto":  # stored as what it resolved to (from the domains, compared below)
         now["model"]["input_norm"] = saved["model"].get("input_norm")
+    for config in (saved, now):  # stored as what ran (train.amp="auto" -> "bf16"): speed, not the schedule
+        for key in ("amp", "channels_last"):
+            config.get("train", {}).pop(key, None)
     return all(saved.get(key) == now.get(key) for key in ("architecture", "model", "data", "method", "train"))
 
 

@@ -129,3 +129,16 @@ def test_prediction_files_may_use_bf16_metrics_stay_fp32():
     fast = predict_logits(model, images, amp="auto", channels_last="auto")
     assert precision.cache_path().is_file()
     assert torch.allclose(plain, fast, atol=0.05, rtol=0.05)
+
+
+def test_the_environment_pins_what_a_command_left_on_auto(monkeypatch):
+    calls: list[Choice] = []
+    monkeypatch.setenv("DLCV_AMP", "fp32")
+    assert precision.choose("sample", "toy", 4, sleeper(SLOW_FP32, calls), "cpu") == Choice(False, True)
+    assert set(calls) == {FP32, Choice(False, True)}  # only the layout was left open
+    monkeypatch.setenv("DLCV_CHANNELS_LAST", "false")
+    assert precision.choose("sample", "toy2", 4, sleeper(SLOW_FP32, calls), "cpu") == FP32
+    assert precision.choose("sample", "toy2", 4, sleeper(SLOW_FP32, calls), "cpu", amp="bf16") == Choice(True, False)
+    monkeypatch.setenv("DLCV_AMP", "fp16")
+    with pytest.raises(ValueError, match="choose from"):
+        precision.candidates("auto", "auto", "cpu")
