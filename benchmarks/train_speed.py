@@ -1,4 +1,4 @@
-"""Training images/s of each face preset on this machine, beside a plain course-style reference loop (issue 3).
+"""Training images/s of each face preset on this machine, beside a plain course-style reference loop.
 
     python benchmarks/train_speed.py --data data --steps 30
 
@@ -9,14 +9,14 @@ preset is also timed with amp and channels_last off ("plain"), which isolates wh
 Throughput counts real images through D per second, after `--warmup` steps.
 
 `--compare-old DIR` times each preset's loop in this checkout against the same loop in another checkout DIR of
-dlcv (e.g. `git worktree add /tmp/old 6404b13`, the last commit before the engine), alternating the two in fresh
+dlcv (e.g. an older commit checked out with `git worktree add /tmp/old COMMIT`), alternating the two in fresh
 processes `--repeats` times and printing the median ratio new / old:
 
     python benchmarks/train_speed.py --data data --steps 20 --compare-old /tmp/old --repeats 3
 
 It also prints the arithmetic the reference does (GFLOP per step, counted by torch's FlopCounterMode) and this
 machine's fp32 matmul rate, so a reader can tell whether 2x the reference is possible with fp32 maths at all: on a
-CPU without native bf16 (AVX2 only) the reference already runs near that rate (RESULTS.md, issue 3 speed).
+CPU without native bf16 (AVX2 only) the reference already runs near that rate (RESULTS.md, Speed).
 """
 
 from __future__ import annotations
