@@ -256,7 +256,8 @@ def build() -> gr.Blocks:
                     "course, as software: **faces** from GANs and a VAE (64x64 CelebA, with a Smiling-conditioned "
                     "ACGAN), **digits** from a class-conditional diffusion model and an ACGAN (MNIST-M), and "
                     "**domain adaptation** of digit classifiers between MNIST, MNIST-M and USPS. Every model runs on "
-                    "a CPU; image i of a run uses seed + i, so a seed gives the same images anywhere.")
+                    "a CPU; image i of a run uses seed + i, so a seed gives the same images on the same machine and "
+                    "precision.")
         with gr.Tab("Overview"):
             gr.Gallery(pictures, columns=4, height="auto", object_fit="contain", label="one picture per family",
                        allow_preview=True)

@@ -9,7 +9,8 @@ from dlcv import service
 
 common.sidebar()
 st.title("Faces")
-st.caption("64x64 CelebA faces. Image i of a run uses seed + i, so a seed gives the same faces on any machine.")
+st.caption("64x64 CelebA faces. Image i of a run uses seed + i, so a seed gives the same faces on the same machine "
+           "and precision.")
 catalog = common.catalog()
 state = st.session_state
 gan_tab, interp_tab, vae_tab, smile_tab = st.tabs(["GAN A / B", "Interpolation", "VAE", "Smiling (ACGAN)"])

@@ -1,13 +1,13 @@
 """Demo speed on this machine's CPU: time to first render of each Streamlit page (cold: the first visit, which
 loads the models; warm: a later visit, models cached by st.cache_resource), and the time to generate 16 faces and
-10 digits (DDIM-25). Targets from issue 7: page ready <= 3 s once models are cached, 16 faces <= 1 s, 10 digits
+10 digits (DDIM-25). Targets: page ready <= 3 s once models are cached, 16 faces <= 1 s, 10 digits
 <= 3 s.
 
     python benchmarks/demo_speed.py                 # the shipped checkpoints/ ($DLCV_CHECKPOINTS)
     python benchmarks/demo_speed.py --threads 1     # one core
 
 Page times come from streamlit.testing's AppTest: the server-side run of the page script, which is what the
-browser waits for (plus a websocket round trip). A face GAN that is not shipped yet is timed as a randomly
+browser waits for (plus a websocket round trip). A face GAN missing from the checkpoints is timed as a randomly
 initialised generator of its preset's architecture (same cost), and the output says so.
 """
 

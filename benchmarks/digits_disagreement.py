@@ -1,4 +1,4 @@
-"""Where a class-conditional digit generator and the course classifier part ways (RESULTS.md, issue 4): 100 digits per
+"""Where a class-conditional digit generator and the course classifier part ways (docs/methods.md): 100 digits per
 class at several seeds; for each of our classifiers, how often it reads the requested class and how well its
 confidence predicts the course classifier's misreadings (ROC AUC); and the same course figures under truncated z.
 

@@ -1,4 +1,4 @@
-"""Moved into the package: `python -m dlcv evaluate CHECKPOINT --data DATA [--sampling.guidance=W] [--record]`."""
+"""A wrapper of `python -m dlcv evaluate CHECKPOINT --data DATA [--sampling.guidance=W] [--record]`."""
 import sys
 
 from dlcv.cli import main

@@ -1,4 +1,4 @@
-"""Moved into the package: `python -m dlcv evaluate CHECKPOINT --data DATA [--record]` (dlcv/evaluate.py)."""
+"""A wrapper of `python -m dlcv evaluate CHECKPOINT --data DATA [--record]` (dlcv/evaluate.py)."""
 import sys
 
 from dlcv.cli import main

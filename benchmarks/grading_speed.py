@@ -1,4 +1,4 @@
-"""Time of the grading harness on the shipped checkpoints and data/, per part, against the issue's targets
+"""Time of the grading harness on the shipped checkpoints and data/, per part, against its targets
 (hw_run.sh <= 10 min and the scorer <= 5 min on 2 CPU cores). Runs the real commands as a grader would:
 
     python benchmarks/grading_speed.py --data data --out /tmp/grading_bench
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"hw_run": 600.0, "score": 300.0}  # seconds, from issue 6
+TARGETS = {"hw_run": 600.0, "score": 300.0}  # seconds: hw_run.sh <= 10 min, the scorer <= 5 min
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:

@@ -10,7 +10,7 @@ default / channels_last layout, and once on auto with an empty precision cache, 
 printed. Throughput counts real images through D (or the network) per second, after `--warmup` steps.
 
 `--compare-old DIR` times each preset's loop in this checkout against the same loop in another checkout DIR of
-dlcv (e.g. `git worktree add /tmp/old 6404b13`, the last commit before the engine), alternating the two in fresh
+dlcv (e.g. an older commit checked out with `git worktree add /tmp/old COMMIT`), alternating the two in fresh
 processes `--repeats` times and printing the median ratio new / old:
 
     python benchmarks/train_speed.py --data data --steps 20 --compare-old /tmp/old --repeats 3

@@ -28,7 +28,7 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(steps=2000, batch_size=64, lr=2e-3, betas=(0.9, 0.999), weight_decay=5e-4,
                           eval_every=250, save_every=250),
     ),
-    # class-conditional DDPM on MNIST-M with classifier-free guidance; sampled with DDIM (issue 4)
+    # class-conditional DDPM on MNIST-M with classifier-free guidance; sampled with DDIM
     "ddpm_digits": RunConfig(
         name="ddpm_digits", family="diffusion", architecture="unet",
         # width 16 keeps DDIM-50 with guidance near a minute for 1000 digits on 2 CPU cores (148 MFLOP/image)
@@ -79,7 +79,7 @@ PRESETS: dict[str, RunConfig] = {
         data=DataConfig(dataset="face", image_size=64, channels=3, attribute=""),
         train=TrainConfig(steps=20000, batch_size=64, lr=1e-4, betas=(0.0, 0.9), ema_decay=0.999, log_every=100,
                           sample_every=1000, save_every=1000),
-        # d_width 128: a wider D had the better proxy FID (D is not shipped, so the checkpoint size is G's)
+        # d_width 128: a wider D had the better proxy FID (only G is saved, so D's width costs no checkpoint size)
         method={"loss": "hinge", "d_lr": 4e-4, "d_width": 128, "d_norm": "none", "spectral_norm": True,
                 "diffaugment": "color,translation,cutout"},
     ),
@@ -146,13 +146,13 @@ PRESETS: dict[str, RunConfig] = {
 
 
 def _uda(method: str, domain_bn: bool, select: str = "labelled_val", **options: object) -> RunConfig:
-    """A UDA run on digits (issue 5): --data.domain (labelled source) -> --data.target_domain (unlabelled)."""
+    """A UDA run on digits: --data.domain (labelled source) -> --data.target_domain (unlabelled)."""
     return RunConfig(
         name=f"uda_{method}", family="uda", architecture="uda_net",
         model=UDANetConfig(in_channels=3, image_size=28, num_classes=10, width=64, domain_bn=domain_bn,
                            input_norm="auto"),
         data=DataConfig(dataset="digits", domain="mnistm", target_domain="usps", image_size=28, channels=3),
-        # 5000 steps: VADA runs ~22 steps/s with 8 runs sharing an H100 (DANN ~64), so a run takes ~4 min there
+        # 5000 steps: about 4 min per run on a GPU running 8 runs at once (VADA ~22 steps/s, DANN ~64)
         train=TrainConfig(steps=5000, batch_size=64, lr=1e-3, betas=(0.9, 0.999), log_every=100,
                           eval_every=500, save_every=500),
         method={"name": method, "select": select, **options},

@@ -1,5 +1,5 @@
 """Images from trained models. Noise comes from per-image CPU generators (seed + i), so a seed gives the same
-image i on every machine and for every batch size; the global RNG is never touched."""
+noise for image i on every machine and for every batch size; the global RNG is never touched."""
 
 from __future__ import annotations
 

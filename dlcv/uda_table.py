@@ -1,4 +1,4 @@
-"""The UDA table of issue 5: every prepared digits pair x {source-only, DANN, VADA + mean teacher, target-only} x seeds,
+"""The UDA table: every prepared digits pair x {source-only, DANN, VADA + mean teacher, target-only} x seeds,
 as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdown report, t-SNE figures and shipping.
 
     python scripts/uda_table.py --data data --out runs/uda_table --jobs 12 --steps 6000          # train (resumable)

@@ -1,1 +1,1 @@
-"""Grading harness (issue 6): hw_run.sh writes homework-style outputs from checkpoints/, score.py grades them."""
+"""Grading harness: hw_run.sh writes homework-style outputs from checkpoints/, score.py grades them."""

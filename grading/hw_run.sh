@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Homework outputs from the shipped checkpoints, offline and on the CPU (issue 6):
+# Homework outputs from the shipped checkpoints, offline and on the CPU:
 #   bash grading/hw_run.sh OUT_DIR [DATA_DIR] [--force]
 # writes OUT_DIR/{faces,digits,adaptation}/ and OUT_DIR/manifest.json. Parts or pairs whose data is not in DATA_DIR
 # are skipped ("skipped (no usps data)"); exit 1 only if something that could run failed, 2 on bad usage.

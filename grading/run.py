@@ -1,4 +1,4 @@
-"""Homework outputs from the shipped checkpoints (issue 6): `bash grading/hw_run.sh OUT_DIR [DATA_DIR] [--force]`.
+"""Homework outputs from the shipped checkpoints: `bash grading/hw_run.sh OUT_DIR [DATA_DIR] [--force]`.
 
 Three parts (faces, digits, adaptation), each made of entries (one output folder, CSV or figure set). Every entry
 records its checkpoint, the sha256 of the weights, the seed, its time and its status in OUT_DIR/manifest.json; an

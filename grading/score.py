@@ -1,4 +1,4 @@
-"""Grade a homework output folder (issue 6): `python -m grading.score OUT_DIR --data DATA_DIR`.
+"""Grade a homework output folder: `python -m grading.score OUT_DIR --data DATA_DIR`.
 
 Faces: FID and KID against DATA's held-out faces (dlcv.metrics.face_scores, torch-fidelity) and the share of
 samples where dlib's HOG detector finds exactly one face. Digits: accuracy with the course's classifier, label =

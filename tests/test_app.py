@@ -95,7 +95,7 @@ def test_catalog_groups_face_gans_and_uda_pairs(demo_env):
     assert service.tsne_figures("usps -> svhn") == service.tsne_figures()  # none names the pair: all of them
 
 
-def test_uda_pairs_come_in_the_issue_order(demo_env, tmp_path, monkeypatch):
+def test_uda_pairs_come_in_the_catalog_order(demo_env, tmp_path, monkeypatch):
     """The course's pair first (the demo's default), then the anchored pairs; not alphabetical."""
     import shutil
 

@@ -8,7 +8,7 @@ installs the first two. Screenshots go to a temporary folder, or to $DLCV_SCREEN
     DLCV_SCREENSHOTS=docs/screenshots python -m pytest tests/test_browser.py
 
 With $DLCV_SCREENSHOTS set the app runs on the shipped checkpoints/ only; otherwise tiny random stand-ins fill in
-face models that are not shipped yet, so the Generate path is always exercised.
+face models missing from checkpoints/, so the Generate path is always exercised.
 """
 
 from __future__ import annotations

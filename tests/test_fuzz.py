@@ -1,4 +1,4 @@
-"""Bounded fuzzing (issue 37): random bytes, truncated files and wrong JSON types thrown at the data readers, the
+"""Bounded fuzzing: random bytes, truncated files and wrong JSON types thrown at the data readers, the
 scorer and checkpoint loading. Each case must end in the reader's one-line error (or a report), never another
 exception, within a time bound, and write nothing outside its output folder."""
 

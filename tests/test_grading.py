@@ -507,7 +507,7 @@ def test_real_faces_detection_rate_and_fid(tmp_path):
      "checkpoint": 7},
 ])
 def test_score_survives_wrong_types_in_a_manifest(world, tmp_path, entry, fake_fid):
-    """A hand-edited manifest (issue 37 item 2): the ill-typed values are dropped with a note, report.md is written."""
+    """A hand-edited manifest: the ill-typed values are dropped with a note, report.md is written."""
     manifest = {"parts": {"adaptation": {"status": "ok", "seconds": "fast", "entries": [entry]},
                           "digits": {"status": 1, "entries": []}}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))

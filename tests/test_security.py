@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 37): no code runs through FID files, bad submissions and sources are refused in one line,
+"""Hostile inputs: no code runs through FID files, bad submissions and sources are refused in one line,
 interrupted writes recover, written files are readable by others, uploads are bounded."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def one_line(text: str) -> bool:
     return "\n" not in str(text).strip() and "Traceback" not in str(text)
 
 
-# ---------------------------------------------------------------- 1: no code execution through FID files
+# ---------------------------------------------------------------- no code execution through FID files
 
 def test_crafted_inception_weights_are_refused_without_running(tmp_path, monkeypatch):
     from dlcv.metrics import face_scores
@@ -94,7 +94,7 @@ def test_feature_cache_is_keyed(tmp_path):
     assert _cached_features(path, "k1", 3) is None
 
 
-# ---------------------------------------------------------------- 5: Gradio upload limits
+# ---------------------------------------------------------------- Gradio upload limits
 
 def png_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims width x height (a decompression bomb as far as a decoder is concerned)."""
@@ -168,7 +168,7 @@ def test_gradio_server_refuses_oversized_files(gradio_app, tmp_path):
         demo.close()
 
 
-# ---------------------------------------------------------------- 7: no tracebacks on user errors
+# ---------------------------------------------------------------- no tracebacks on user errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,7 +270,7 @@ def test_grading_scripts_without_torch_say_how_to_install(script, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# ---------------------------------------------------------------- 8, 9: interrupted replaces, file modes
+# ---------------------------------------------------------------- interrupted replaces, file modes
 
 def dead_pid() -> int:
     import subprocess
@@ -387,7 +387,7 @@ def test_written_files_get_normal_modes(tmp_path):
     assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755
 
 
-# ---------------------------------------------------------------- 10: messages that name the file and fit a line
+# ---------------------------------------------------------------- messages that name the file and fit a line
 
 def digits_csv(tmp_path: Path, text: bytes) -> Path:
     folder = tmp_path / "digits" / "usps"

@@ -1,4 +1,4 @@
-"""Domain adaptation (issue 5): gradient reversal, every UDA method for 2 steps on tiny fake domains, checkpoint round
+"""Domain adaptation: gradient reversal, every UDA method for 2 steps on tiny fake domains, checkpoint round
 trip, the predict CSV for a UDA checkpoint, grey -> 3-channel handling and bad image folders."""
 
 import json
