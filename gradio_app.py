@@ -22,8 +22,19 @@ from dlcv import checkpoint, service
 
 FACE_DEFAULT = service.FACE_GAN_ORDER[0]
 # the Streamlit app's upload limits: Gradio refuses bigger files before saving them, and uploads reach the handlers
-# as paths (gr.Image type="filepath", image_mode=None: opened for the header only), checked before decoding
+# as unopened paths (UploadImage), checked by service.open_upload_path before decoding
 LAUNCH_OPTIONS = {"max_file_size": service.MAX_UPLOAD_BYTES}
+
+
+class UploadImage(gr.Image):
+    """gr.Image(type="filepath") that hands the saved upload's path to the handler without opening it. Gradio's own
+    preprocessing opens every upload with PIL, which raises (a server traceback, a bare "Error" in the page) on an
+    image over Pillow's 179 M-pixel limit before the handler could refuse it in one line."""
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
 
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -298,7 +309,7 @@ def build() -> gr.Blocks:
             button.click(one_line_errors(interpolate), [interp_name, seed_a, seed_b, steps, mode], [gallery, note],
                          api_name="interpolate")
             gr.Markdown("### VAE reconstruction")
-            upload = gr.Image(type="filepath", image_mode=None,
+            upload = UploadImage(type="filepath", image_mode=None,
                               label="a face (converted to 64x64 RGB; empty: method A's example face)",
                               sources=["upload"])
             button = gr.Button("Reconstruct")
@@ -330,7 +341,7 @@ def build() -> gr.Blocks:
         with gr.Tab("Adaptation"):
             with gr.Row():
                 pair = gr.Dropdown(pairs, value=pairs[0], label="source -> target")
-                upload = gr.Image(type="filepath", image_mode=None, label="a target-domain digit (or leave empty)",
+                upload = UploadImage(type="filepath", image_mode=None, label="a target-domain digit (or leave empty)",
                                   sources=["upload"])
                 example = gr.Dropdown(list(range(10)), value=7, label="example digit (used without an upload)")
             button = gr.Button("Classify", variant="primary")

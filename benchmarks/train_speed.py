@@ -46,15 +46,21 @@ PRESETS = ["dcgan_faces", "sngan_faces", "wgan_gp_faces", "acgan_faces", "vae_fa
 COMBINATIONS = [("fp32", "false"), ("fp32", "true"), ("bf16", "false"), ("bf16", "true"), ("auto", "auto")]
 
 
-def ours(preset: str, data: str, steps: int, warmup: int, amp: str = "auto", layout: str = "auto",
+def ours(preset: str, data: str, steps: int, warmup: int, amp: str | None = None, layout: str | None = None,
          ) -> tuple[float, str]:
     """(images/s, the combination that ran) of our training loop, from its metrics.jsonl timestamps (one line per
-    step). amp="auto" probes afresh: the precision cache is a temporary one."""
+    step). amp="auto" probes afresh: the precision cache is a temporary one. None keeps the preset's settings (an
+    older checkout, timed by --compare-old, has no "auto")."""
+    from dlcv.config import TrainConfig
+
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"--data.root={data}", f"--train.out_dir={tmp}", f"--train.steps={warmup + steps}",
                      "--train.log_every=1", "--train.sample_every=0", "--train.save_every=0", "--train.eval_every=0",
-                     "--train.progress=false", "--train.device=cpu", "--train.tensorboard=false",
-                     f"--train.amp={amp}", f"--train.channels_last={layout}"]
+                     "--train.progress=false", "--train.device=cpu"]
+        if hasattr(TrainConfig, "tensorboard"):
+            overrides.append("--train.tensorboard=false")
+        overrides += [f"--train.amp={amp}"] if amp else []
+        overrides += [f"--train.channels_last={layout}"] if layout else []
         cfg = apply_overrides(get_preset(preset), overrides)
         cache = os.environ.get("DLCV_CACHE")
         os.environ["DLCV_CACHE"] = str(Path(tmp) / "cache")
@@ -194,6 +200,10 @@ def main() -> None:
         compare_old(args)
         return
     args.presets = args.presets or PRESETS
+    import logging
+
+    logging.basicConfig(format="  %(message)s")  # the engine's one line: what auto chose and the probe's ratio
+    logging.getLogger("dlcv.training.engine").setLevel(logging.INFO)
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
     kind = "AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kind: {kind}; images/s over "

@@ -176,13 +176,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_options(options: list[Choice], run: Callable[[Choice], Any], device: torch.device, repeats: int = 3,
-                 ) -> dict[Choice, float]:
-    """Seconds per call of run(choice) for each option: one warm-up call each, then `repeats` rounds in turn (so
-    load that comes and goes hits every option alike), best round kept."""
+                 warmup: int = 2) -> dict[Choice, float]:
+    """Seconds per call of run(choice) for each option: `warmup` untimed calls each (oneDNN builds its kernels for
+    a dtype and layout on first use; an optimizer creates its state), then `repeats` rounds in turn (so load that
+    comes and goes hits every option alike), best round kept."""
     best = {c: float("inf") for c in options}
     with _rng_preserved():
         for choice in options:
-            run(choice)
+            for _ in range(warmup):
+                run(choice)
         for _ in range(repeats):
             for choice in options:
                 _sync(device)

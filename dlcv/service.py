@@ -489,7 +489,10 @@ def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
             raise UploadError(f"that image is {image.width}x{image.height} pixels; upload one of at most "
                               f"{MAX_UPLOAD_PIXELS} pixels (e.g. 4096x4096)")
         image.load()
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError:  # Pillow refuses to open it at all: over 2 x MAX_IMAGE_PIXELS
+        raise UploadError(f"that image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; upload one of at "
+                          f"most {MAX_UPLOAD_PIXELS} pixels (e.g. 4096x4096)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, UploadError):
             raise
         raise UploadError("that file is not a readable image; upload a PNG or JPEG") from None

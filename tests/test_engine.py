@@ -255,7 +255,7 @@ def probe_log(monkeypatch, tmp_path):
     timed, real = [], precision.time_options
     state = {"fastest": precision.Choice(True, True)}
 
-    def time_options(options, run, device, repeats=3):
+    def time_options(options, run, device, repeats=3, warmup=2):
         real(options, run, device, repeats=1)  # the real updates run, so the test sees that they leave no trace
         timed.append(list(options))
         return {o: (0.5 if o == state["fastest"] else 1.0) for o in options}

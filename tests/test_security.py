@@ -478,3 +478,16 @@ def test_folder_named_csv_and_symlink_loop_are_reported(tmp_path, monkeypatch):
     digits = score.score_digits(out, tmp_path / "no_classifier.pth")
     assert digits["acgan"]["status"] == "invalid" and any("loop/" in p for p in digits["acgan"]["problems"])
     assert digits["diffusion"]["status"] == "incomplete"  # valid; only the classifier is missing
+
+
+@pytest.mark.parametrize("width", [12000, 20000])  # 20000: over Pillow's limit, where opening it raises
+def test_gradio_upload_component_hands_over_the_path_unopened(gradio_app, width, tmp_path):
+    from gradio.components.image import ImageData
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(width, width))
+    component = gradio_app.UploadImage(type="filepath", image_mode=None)
+    path = component.preprocess(ImageData(path=str(bomb), orig_name="bomb.png"))
+    assert path == str(bomb)
+    gallery, note = gradio_app.vae_reconstruct(path)
+    assert gallery == [] and "pixels; upload one of at most" in note and "\n" not in note
