@@ -222,7 +222,7 @@ def main() -> None:
         fixed, (auto, chose) = [v for v, _ in speeds[:-1]], speeds[-1]
         fastest = max(fixed + [auto])
         # the reference is a DCGAN loop: a ratio to it means something for the face GANs only
-        vs_ref = f"{auto / ref:10.2f}" if preset.endswith("_faces") and preset != "vae_faces" else ""
+        vs_ref = f"{auto / ref:10.2f}" if "_faces" in preset and preset != "vae_faces" else ""
         print(f"{preset:<16}" + "".join(f"{v:12.1f}" for v in fixed) + f"{auto:12.1f} {chose:<12}"
               f"{auto / fastest:13.2f}{vs_ref}", flush=True)
 

@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "$DLCV_COURSE_CLASSIFIER or ../shared/data/weights/...)")
     evl.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    curve = sub.add_parser("fid-curve", help="FID of every snapshot of face GAN runs against training time, as a "
+                           "figure (results cached in runs/<name>/fid_curve.jsonl)")
+    curve.add_argument("runs", nargs="+", help="run folders, e.g. runs/lecam_faces")
+    curve.add_argument("--data", default=default_data_root())
+    curve.add_argument("--out", required=True, help="the PNG to write")
+    curve.add_argument("--reference", nargs="*", default=[], help="checkpoints drawn as a line at their recorded FID")
+    curve.add_argument("--target", type=float, nargs="*", default=[], help="FID targets drawn as dotted lines")
     exp = sub.add_parser("export", help="copy a checkpoint (e.g. a run's snapshot) to a new folder, optionally with "
                                         "sampling defaults (--sampling.KEY=VALUE); the copy records this command")
     exp.add_argument("checkpoint")
@@ -358,6 +365,28 @@ def _sampling(document: dict, rest: list[str]):
     return parse_sampling_overrides(rest, sampling_config(document))
 
 
+def cmd_fid_curve(args: argparse.Namespace, rest: list[str]) -> int:
+    from dlcv import checkpoint
+    from dlcv.evaluate import EvalOptions, fid_curve
+    from dlcv.viz import plot_fid_curve
+
+    curves = {}
+    for run in args.runs:
+        records = fid_curve(run, args.data, EvalOptions(progress=False))
+        curves[Path(run).name] = [r for r in records if r["train_hours"] is not None]
+        for r in records:
+            print(f"{Path(run).name} step {r['step']}: FID {r['fid']:.2f} at {r['train_hours']} h", flush=True)
+    references = {}
+    for folder in args.reference:
+        fid = (checkpoint.read_config(folder).get("metrics") or {}).get("fid")
+        if fid is None:
+            raise ValueError(f"--reference {folder} records no FID; measure it with python -m dlcv evaluate "
+                             f"{folder} --record")
+        references[Path(folder).name] = fid
+    print(f"wrote {plot_fid_curve(curves, references, args.out, tuple(args.target))}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
     from dataclasses import asdict
 
@@ -390,6 +419,6 @@ def cmd_sampling_config(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
+COMMANDS = {"fid-curve": cmd_fid_curve, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "predict": cmd_predict,
             "figures": cmd_figures, "hub": cmd_hub, "average": cmd_average, "export": cmd_export, "evaluate": cmd_evaluate,
             "sampling-config": cmd_sampling_config}

@@ -301,3 +301,38 @@ def _classifier(model: torch.nn.Module, document: dict[str, Any], data: Path,
             continue
         metrics[f"{split}_accuracy"] = accuracy(predict_logits(model, images).argmax(1), labels)
     return _round(metrics)
+
+
+# ---------------------------------------------------------------- a run's FID against its training time
+
+CURVE_NAME = "fid_curve.jsonl"
+
+
+def fid_curve(run: str | os.PathLike, data: str | os.PathLike, options: EvalOptions | None = None) -> list[dict]:
+    """FID/KID of every snapshot of a face GAN run (runs/<name>/snapshots/step_N), with the wall-clock training
+    hours at step N from its metrics.jsonl. Results are kept in runs/<name>/fid_curve.jsonl, so a later call measures
+    only the snapshots written since."""
+    import json
+
+    run = Path(run)
+    snapshots = sorted(run.glob("snapshots/step_*"))
+    if not snapshots:
+        raise FileNotFoundError(f"{run} has no snapshots/step_* folders; train with --train.snapshot_every=N")
+    times = {}
+    if (run / "metrics.jsonl").is_file():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            times[record["step"]] = record.get("time_s")
+    path = run / CURVE_NAME
+    done = {r["step"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
+    for folder in snapshots:
+        step = int(folder.name.split("_")[-1])
+        if step in done:
+            continue
+        metrics = evaluate(folder, data, options)
+        seconds = times.get(step)
+        done[step] = {"step": step, "train_hours": None if seconds is None else round(seconds / 3600, 4),
+                      "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean")}
+        with path.open("a") as f:
+            f.write(json.dumps(done[step]) + "\n")
+    return [done[k] for k in sorted(done)]

@@ -59,6 +59,29 @@ def _pyplot():
     return plt
 
 
+def plot_fid_curve(curves: dict[str, list[dict]], references: dict[str, float], path: str | os.PathLike,
+                   targets: tuple[float, ...] = ()) -> Path:
+    """FID against training hours, one line per run ({"train_hours", "fid"} records), a dashed line per reference
+    model (its recorded FID) and a dotted one per target."""
+    plt = _pyplot()
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for label, records in curves.items():
+        points = sorted((r["train_hours"], r["fid"]) for r in records)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=1.2, label=label)
+    for label, fid in references.items():
+        ax.axhline(fid, ls="--", lw=1, color="grey")
+        ax.annotate(f"{label}: {fid:.2f}", (0.99, fid), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=7, color="grey")
+    for target in targets:
+        ax.axhline(target, ls=":", lw=1, color="tab:red")
+    ax.set_xlabel("training time (hours, wall clock)")
+    ax.set_ylabel("FID (1000 samples vs face/val)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
 def _save_figure(fig, path: str | os.PathLike) -> Path:
     """Tight layout, write the PNG (creating its folder), free the figure."""
     import matplotlib.pyplot as plt

@@ -1,0 +1,47 @@
+"""`python -m dlcv fid-curve`: every snapshot measured once (cached in fid_curve.jsonl), hours from metrics.jsonl,
+the figure written, and a reference without a recorded FID refused in one line."""
+
+import json
+
+import pytest
+
+from dlcv import evaluate as evaluate_module
+from dlcv.cli import main
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    folder = tmp_path / "runs" / "toy_faces"
+    for step in (100, 200):
+        (folder / "snapshots" / f"step_{step:06d}").mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "time_s": s * 36.0}) + "\n"
+                                                  for s in (100, 200)))
+    measured = []
+
+    def fake(path, data, options=None):
+        measured.append(path.name)
+        return {"fid": 50.0 - len(measured), "kid_mean": 0.01}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake)
+    return folder, measured
+
+
+def test_each_snapshot_is_measured_once_and_the_figure_written(run, tmp_path, capsys):
+    folder, measured = run
+    out = tmp_path / "curve.png"
+    assert main(["fid-curve", str(folder), "--data", str(tmp_path), "--out", str(out), "--target", "24"]) == 0
+    assert measured == ["step_000100", "step_000200"] and out.read_bytes()[:4] == b"\x89PNG"
+    records = [json.loads(line) for line in (folder / "fid_curve.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train_hours"], r["fid"]) for r in records] == [(100, 1.0, 49.0), (200, 2.0, 48.0)]
+    (folder / "snapshots" / "step_000300").mkdir()
+    assert main(["fid-curve", str(folder), "--data", str(tmp_path), "--out", str(out)]) == 0
+    assert measured == ["step_000100", "step_000200", "step_000300"]  # only the new one
+    assert "step 300: FID 47.00 at None h" in capsys.readouterr().out
+
+
+def test_a_reference_without_a_recorded_fid_is_refused_in_one_line(run, tmp_ckpt, tmp_path, capsys):
+    folder, _ = run
+    code = main(["fid-curve", str(folder), "--data", str(tmp_path), "--out", str(tmp_path / "c.png"),
+                 "--reference", str(tmp_ckpt)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "records no FID" in err[0]
