@@ -237,8 +237,10 @@ def adapt(pair: str, image, example_digit: int):
     result = {m: {label: round(float(q), 4) for label, q in zip(methods[m].labels, p)} for m, p in probs.items()}
     chart = pd.DataFrame([{"digit": label, "probability": q, "method": m}
                           for m, d in result.items() for label, q in d.items()])
-    table = ["| method | prediction | confidence |", "| --- | --- | ---: |"] + \
-        [f"| {m} | {max(d, key=d.get)} | {max(d.values()):.1%} |" for m, d in result.items()]
+    accuracy = {row["method"]: row["target test accuracy"] for row in service.uda_rows(methods)}
+    table = ["| method | prediction | confidence | target test accuracy |", "| --- | --- | ---: | ---: |"] + \
+        [f"| {m} | {max(d, key=d.get)} | {max(d.values()):.1%} | "
+         f"{'' if accuracy.get(m) is None else format(accuracy[m], '.3f')} |" for m, d in result.items()]
     shown = image.convert("RGB").resize((112, 112), resample=0)
     return shown, chart, "\n".join(table + [""] + [n for n in [note, *notes] if n])
 

@@ -41,8 +41,7 @@ else:
             column.markdown(f"**{method}**: {labels[int(p.argmax())]} ({p.max():.1%})")
             column.bar_chart(pd.DataFrame({"probability": p}, index=labels), height=220)
     st.subheader("Results")
-    st.dataframe(pd.DataFrame([{"method": method, "checkpoint": info.name, **service.scalar_metrics(info)}
-                               for method, info in methods.items()]), hide_index=True)
+    st.dataframe(pd.DataFrame(service.uda_rows(methods)), hide_index=True)
 
 st.subheader("t-SNE of the features")
 figures = service.tsne_figures(pair)

@@ -470,6 +470,19 @@ def scalar_metrics(info: ModelInfo) -> dict[str, Any]:
     return {k: v for k, v in info.metrics.items() if isinstance(v, (int, float, str))}
 
 
+# the adaptation figures the demo and the README show, each under one name (the UDA metrics keep more: the last
+# step's accuracy, the steps, the speed)
+UDA_COLUMNS = (("target_test_acc", "target test accuracy"), ("selected_by", "checkpoint chosen by"),
+               ("labelled_val_acc", "labelled val accuracy"),
+               ("oracle_target_test_acc", "best target test accuracy of any evaluated step (oracle, never used)"))
+
+
+def uda_rows(methods: dict[str, ModelInfo]) -> list[dict[str, Any]]:
+    """One row per method of a pair: the shipped checkpoint's target test accuracy and how it was chosen."""
+    return [{"method": method, "checkpoint": info.name,
+             **{name: info.metrics.get(key) for key, name in UDA_COLUMNS}} for method, info in methods.items()]
+
+
 # ---------------------------------------------------------------- uploads and downloads
 
 class UploadError(ValueError):

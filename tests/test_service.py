@@ -35,3 +35,15 @@ def test_app_runs(tmp_ckpt, tmp_path, monkeypatch, with_models):
         assert app.dataframe and app.selectbox[0].value == "ckpt"
     else:
         assert "No checkpoints found" in app.info[0].value
+
+
+def test_uda_rows_name_the_one_accuracy_the_readme_shows():
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(name="uda_source_only_mnistm_to_usps",
+                           metrics={"target_test_acc": 0.20854, "last_step_target_test_acc": 0.1857,
+                                    "selected_by": "labelled_val", "labelled_val_acc": 0.91875,
+                                    "oracle_target_test_acc": 0.28103})
+    (row,) = service.uda_rows({"source_only": info})
+    assert row["target test accuracy"] == 0.20854 and row["checkpoint chosen by"] == "labelled_val"
+    assert 0.1857 not in row.values()  # the last step's figure is not shown under a look-alike name
