@@ -3,13 +3,15 @@
     python benchmarks/data_load.py --data data --domain mnist --split train
 """
 
+import sys
 import argparse
 import shutil
 import time
 from pathlib import Path
 
-from dlcv.data.digits import read_digits
-from dlcv.data.images import CACHE_DIR
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing dlcv
+from dlcv.data.digits import read_digits  # noqa: E402
+from dlcv.data.images import CACHE_DIR  # noqa: E402
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ initialised generator of its preset's architecture (same cost), and the output s
 
 from __future__ import annotations
 
+import sys
 import argparse
 import statistics
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from dlcv import service
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing dlcv
+from dlcv import service  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["app_pages/overview.py", "app_pages/faces.py", "app_pages/digits.py", "app_pages/adaptation.py",

@@ -8,6 +8,8 @@ checkpoints/classifier_digits_lenet_synth_s0 --truncation 2,1.5,1
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 import argparse
 import json
 import os
@@ -15,11 +17,12 @@ import os
 import torch
 from sklearn.metrics import roc_auc_score
 
-from dlcv import checkpoint
-from dlcv.metrics import digit_scores, embed, predict_logits
-from dlcv.sampling import sample_gan
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing dlcv
+from dlcv import checkpoint  # noqa: E402
+from dlcv.metrics import digit_scores, embed, predict_logits  # noqa: E402
+from dlcv.sampling import sample_gan  # noqa: E402
 
-from digits_quality import COURSE_CLASSIFIER, reference_digits, to_uint8
+from digits_quality import COURSE_CLASSIFIER, reference_digits, to_uint8  # noqa: E402
 
 
 def main() -> None:

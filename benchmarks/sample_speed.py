@@ -14,6 +14,7 @@ and scales the time to 1000 linearly (the output says so).
 
 from __future__ import annotations
 
+import sys
 import argparse
 import statistics
 import time
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from dlcv import checkpoint, service
-from dlcv.metrics import accuracy, predict_logits
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing dlcv
+from dlcv import checkpoint, service  # noqa: E402
+from dlcv.metrics import accuracy, predict_logits  # noqa: E402
 
-from digits_quality import COURSE_CLASSIFIER, to_uint8  # same directory
+from digits_quality import COURSE_CLASSIFIER, to_uint8  # same directory  # noqa: E402
 
 DEFAULT_CONFIGS = "ddim:50,ddim:25,dpm++2m:8,dpm++2m:10,dpm++2m:12,dpm++2m:15,dpm++2m:20"
 

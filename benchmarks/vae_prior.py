@@ -7,6 +7,7 @@ density against data/face/val (the project's protocol).
 
 from __future__ import annotations
 
+import sys
 import argparse
 import tempfile
 from pathlib import Path
@@ -14,11 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dlcv import checkpoint
-from dlcv.data.faces import read_faces
-from dlcv.data.loaders import to_model_range
-from dlcv.sampling import LATENT_PRIOR_NAME, fit_latent_prior, sample_vae
-from dlcv.viz import write_image_folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing dlcv
+from dlcv import checkpoint  # noqa: E402
+from dlcv.data.faces import read_faces  # noqa: E402
+from dlcv.data.loaders import to_model_range  # noqa: E402
+from dlcv.sampling import LATENT_PRIOR_NAME, fit_latent_prior, sample_vae  # noqa: E402
+from dlcv.viz import write_image_folder  # noqa: E402
 
 
 def main() -> None:
