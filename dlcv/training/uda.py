@@ -29,6 +29,7 @@ from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, UDANet
 from dlcv.training.common import ema_copy, load_state, run_dir
 from dlcv.training.engine import Algorithm, Context, Precision, choose_precision, start
+from dlcv.validators import entropy_score, im_score
 
 log = logging.getLogger(__name__)
 
@@ -427,17 +428,14 @@ def to_rgb(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(method: SourceOnly, data: DomainData, split: str, domain: int, fmt: torch.memory_format,
              batch_size: int = 1000) -> dict[str, float] | None:
-    """Accuracy, mean prediction entropy and information maximisation score (H(mean p) - mean H(p), label-free)."""
+    """Accuracy, mean prediction entropy and the information maximisation score (label-free: dlcv.validators)."""
     if split not in data.splits:
         return None
     images, labels = data.splits[split]
     logits = torch.cat([method.predict(to_rgb(to_model_range(images[i:i + batch_size])).contiguous(memory_format=fmt),
                                        domain=domain) for i in range(0, len(images), batch_size)])
-    p = F.softmax(logits, dim=1)
-    entropy = -(p * torch.log(p + 1e-8)).sum(1).mean()
-    p_mean = p.mean(0)
-    im = -(p_mean * torch.log(p_mean + 1e-8)).sum() - entropy
-    return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": entropy.item(), "im": im.item()}
+    return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": -entropy_score(logits),
+            "im": im_score(logits)}
 
 
 def method_options(cfg: RunConfig) -> tuple[str, str, dict[str, Any]]:
