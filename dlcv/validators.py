@@ -149,7 +149,7 @@ class Outputs(NamedTuple):
 @torch.no_grad()
 def model_outputs(model: UDANet, images: torch.Tensor, domain: int = TARGET, batch_size: int = 500) -> Outputs:
     """Logits and features of `images` ((N, C, H, W) in [-1, 1], or uint8 as the digit readers store them; grey is
-    replicated by the model) through `domain`'s input statistics and batch norm, in eval mode, `batch_size` at a time."""
+    replicated by the model) through `domain`'s input statistics and batch norm, in eval mode, batch_size at a time."""
     was, device = model.training, model.input_mean.device
     model.eval()
     logits, features = [], []

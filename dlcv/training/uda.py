@@ -1,6 +1,7 @@
 """Unsupervised domain adaptation on digits: UDA_METHODS (source-only, DANN, VADA + mean teacher, a DIRT-T-style
-refinement of a trained run, associative DA, target-only), each a small class with DomainBed's `update(x_src, y_src, x_tgt) -> dict` /
-`predict(x)` and a typed options dataclass, and `UDA`, the family the engine runs.
+refinement of a trained run, associative DA, target-only), each a small class with DomainBed's
+`update(x_src, y_src, x_tgt) -> dict` / `predict(x)` and a typed options dataclass, and `UDA`, the family the engine
+runs.
 
 Model selection never reads target labels: it uses the labelled domain's val accuracy (or a label-free criterion);
 the target-val-selected ("oracle") figure is recorded separately and labelled as such."""
