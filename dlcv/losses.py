@@ -167,3 +167,29 @@ def vat_loss(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, log
     (grad,) = torch.autograd.grad(kl, d)
     r_adv = (eps * _unit(grad)).to(x.dtype)
     return F.kl_div(F.log_softmax(model(x + r_adv).float(), dim=1), p, reduction="batchmean")
+
+
+def association_losses(emb_src: torch.Tensor, emb_tgt: torch.Tensor,
+                       labels_src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_walker, L_visit) of associative domain adaptation (Haeusser et al. 2017, ICCV; the two losses of their
+    "Learning by Association", CVPR 2017), whose A, B, P^{ab}, P^{aba} are written here with s = source, t = target.
+    With similarities M = phi_s phi_t^T (N_s, N_t) of the embeddings, a step source -> target P^{st} = softmax over
+    the rows of M, back P^{ts} = softmax over the rows of M^T, and the round trip P^{sts} = P^{st} P^{ts} (N_s, N_s):
+      L_walker = H(T, P^{sts}), T_ij = 1 / #{k: y_k = y_i} where y_j = y_i, else 0: a walk should come back to the
+        class it left, to any sample of it; minimum mean_i log #{k: y_k = y_i}, where P^{sts} = T.
+      L_visit = H(V, P^{visit}), P^{visit}_j = mean_i P^{st}_ij, V_j = 1 / N_t: every target sample should be
+        visited, not only the easy ones; minimum log N_t.
+    H(q, p) = -sum_j q_j log p_j, averaged over the rows; log(p + 1e-8) as in the authors' code."""
+    if emb_src.dim() != 2 or emb_tgt.dim() != 2 or emb_src.shape[1] != emb_tgt.shape[1]:
+        raise ValueError(f"association_losses takes embeddings (N_s, D) and (N_t, D), got {tuple(emb_src.shape)} and "
+                         f"{tuple(emb_tgt.shape)}")
+    if labels_src.shape != (emb_src.shape[0],):
+        raise ValueError(f"association_losses: labels_src must be ({emb_src.shape[0]},), got {tuple(labels_src.shape)}")
+    m = emb_src.float() @ emb_tgt.float().T  # (N_s, N_t)
+    p_st, p_ts = F.softmax(m, dim=1), F.softmax(m.T, dim=1)
+    p_sts = p_st @ p_ts  # (N_s, N_s)
+    same = (labels_src[:, None] == labels_src[None, :]).float()
+    t = same / same.sum(dim=1, keepdim=True)
+    walker = -(t * torch.log(p_sts + 1e-8)).sum(dim=1).mean()
+    visit = -torch.log(p_st.mean(dim=0) + 1e-8).mean()  # V uniform: H(V, p) = -(1/N_t) sum_j log p_j
+    return walker, visit

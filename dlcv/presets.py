@@ -173,6 +173,9 @@ PRESETS.update({
     # DIRT-T-style refinement of a trained run: --method.init=<its checkpoint> and the same --model.* options.
     # Its final weights are shipped: it starts where source val has saturated, so source val cannot rank its steps
     "uda_refine": _uda("refine", domain_bn=False, select="last"),
+    # associative DA (Haeusser et al. 2017): a walk source -> target -> source through feature similarities must keep
+    # its class; one shared BN, as uda_dann
+    "uda_assoc": _uda("assoc", domain_bn=False),
     "uda_target_only": _uda("target_only", domain_bn=False),
 })
 

@@ -1,6 +1,7 @@
 """Unsupervised domain adaptation on digits: UDA_METHODS (source-only, DANN, VADA + mean teacher, a DIRT-T-style
-refinement of a trained run, target-only), each a small class with DomainBed's `update(x_src, y_src, x_tgt) -> dict` /
-`predict(x)` and a typed options dataclass, and `UDA`, the family the engine runs.
+refinement of a trained run, associative DA, target-only), each a small class with DomainBed's
+`update(x_src, y_src, x_tgt) -> dict` / `predict(x)` and a typed options dataclass, and `UDA`, the family the engine
+runs.
 
 Model selection never reads target labels: it uses the labelled domain's val accuracy (or a label-free criterion);
 the target-val-selected ("oracle") figure is recorded separately and labelled as such."""
@@ -23,12 +24,13 @@ from dlcv import checkpoint
 from dlcv.config import RunConfig, TrainConfig, check_choice, from_dict, to_dict
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_model_range
-from dlcv.losses import conditional_entropy, diversity_loss, domain_loss, vat_loss
+from dlcv.losses import association_losses, conditional_entropy, diversity_loss, domain_loss, vat_loss
 from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, UDANet
 from dlcv.training.common import ema_copy, load_state, run_dir
 from dlcv.training.engine import Algorithm, Context, Precision, choose_precision, start
+from dlcv.validators import entropy_score, im_score
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,19 @@ class RefineOptions(VADAOptions):
     vat_src_weight: float = 0.0
     vat_tgt_weight: float = 0.0
     peer: str = ""  # a checkpoint of the same pair whose labels veto the teacher's (co-training)
+
+
+@dataclass
+class AssocOptions(UDAOptions):
+    """The authors' MNIST -> MNIST-M settings (Haeusser et al. 2017, their code's README): walker weight 1, visit
+    weight 0.6, the association off for the first 500 steps."""
+
+    assoc_weight: float = 1.0  # on L_walker + visit_weight * L_visit
+    visit_weight: float = 0.6
+    # steps with the association off (the embeddings first learn some source classes), then a linear ramp to
+    # assoc_weight over as many steps again: the authors' linear envelope (delay 500, 1 step) is 0 up to step 500 and
+    # full from step 1001, since their code adds the delay to the ramp's length
+    assoc_delay: int = 500
 
 
 def parse_options(cls: type, hparams: dict[str, Any] | UDAOptions, method: str) -> Any:
@@ -339,6 +354,34 @@ class Refine(VADA):
         return 1.0
 
 
+class Assoc(SourceOnly):
+    """Associative domain adaptation (Haeusser et al. 2017): L = L_cls(source) + assoc_weight * (L_walker +
+    visit_weight * L_visit) on the features phi that the head reads (losses.association_losses). A walk source ->
+    target -> source through embedding similarities must come back to the class it left, so each target image has to
+    sit near source images of one class; the visit term makes every target image take part. Source and target go
+    through the network as one batch, like DANN. The preset keeps the other UDA presets' training settings (batch 64,
+    Adam 1e-3 with Ganin's annealing), not the authors' batches of 1000 at lr 1e-4."""
+
+    Options = AssocOptions
+
+    def assoc_ramp(self) -> float:
+        """0 for assoc_delay steps, then linear to 1 over assoc_delay more (1 from step 0 when assoc_delay = 0)."""
+        delay = self.hp.assoc_delay
+        return 1.0 if delay <= 0 else min(1.0, max(0.0, (self.step - delay) / delay))
+
+    def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = x_src.shape[0]
+        with self.precision.autocast():
+            phi = self.model.trunk(torch.cat([x_src, x_tgt]), ((SOURCE, n), (TARGET, x_tgt.shape[0])))  # (2B, D)
+            logits_src = self.model.head(phi[:n])
+        cls_loss = F.cross_entropy(logits_src.float(), y_src)
+        walker, visit = association_losses(phi[:n], phi[n:], y_src)  # in float32
+        weight = self.hp.assoc_weight * self.assoc_ramp()
+        return {"loss": cls_loss + weight * (walker + self.hp.visit_weight * visit), "cls_loss": cls_loss.detach(),
+                "walker_loss": walker.detach(), "visit_loss": visit.detach(),
+                "acc": (logits_src.argmax(1) == y_src).float().mean()}
+
+
 def load_peer(path: str, model: UDANet) -> UDANet:
     """A trained checkpoint of the same pair (any network config), frozen in eval mode, for Refine's `peer`."""
     peer, meta = checkpoint.load(path, device=model.input_mean.device)
@@ -375,6 +418,7 @@ UDA_METHODS: dict[str, type[SourceOnly]] = {
     "dann": DANN,
     "vada": VADA,
     "refine": Refine,
+    "assoc": Assoc,
     "target_only": TargetOnly,
 }
 
@@ -427,17 +471,14 @@ def to_rgb(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(method: SourceOnly, data: DomainData, split: str, domain: int, fmt: torch.memory_format,
              batch_size: int = 1000) -> dict[str, float] | None:
-    """Accuracy, mean prediction entropy and information maximisation score (H(mean p) - mean H(p), label-free)."""
+    """Accuracy, mean prediction entropy and the information maximisation score (label-free: dlcv.validators)."""
     if split not in data.splits:
         return None
     images, labels = data.splits[split]
     logits = torch.cat([method.predict(to_rgb(to_model_range(images[i:i + batch_size])).contiguous(memory_format=fmt),
                                        domain=domain) for i in range(0, len(images), batch_size)])
-    p = F.softmax(logits, dim=1)
-    entropy = -(p * torch.log(p + 1e-8)).sum(1).mean()
-    p_mean = p.mean(0)
-    im = -(p_mean * torch.log(p_mean + 1e-8)).sum() - entropy
-    return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": entropy.item(), "im": im.item()}
+    return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": -entropy_score(logits),
+            "im": im_score(logits)}
 
 
 def method_options(cfg: RunConfig) -> tuple[str, str, dict[str, Any]]:
