@@ -22,19 +22,25 @@ from dlcv import checkpoint, service
 
 FACE_DEFAULT = service.FACE_GAN_ORDER[0]
 # the Streamlit app's upload limits: Gradio refuses bigger files before saving them, and uploads reach the handlers
-# as unopened paths (UploadImage), checked by service.open_upload_path before decoding
+# as unopened paths (upload_image), checked by service.open_upload_path before decoding
 LAUNCH_OPTIONS = {"max_file_size": service.MAX_UPLOAD_BYTES}
 
 
-class UploadImage(gr.Image):
+def upload_image(**kwargs) -> gr.Image:
     """gr.Image(type="filepath") that hands the saved upload's path to the handler without opening it. Gradio's own
     preprocessing opens every upload with PIL, which raises (a server traceback, a bare "Error" in the page) on an
-    image over Pillow's 179 M-pixel limit before the handler could refuse it in one line."""
+    image over Pillow's 179 M-pixel limit before the handler could refuse it in one line. (An instance override, not
+    a subclass: Gradio writes a .pyi stub beside the module of every component subclass.)"""
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    preprocess = component.preprocess
 
-    def preprocess(self, payload):
+    def unopened(payload):
         if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
             return str(payload.path)
-        return super().preprocess(payload)
+        return preprocess(payload)
+
+    component.preprocess = unopened
+    return component
 
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -311,9 +317,8 @@ def build() -> gr.Blocks:
             button.click(one_line_errors(interpolate), [interp_name, seed_a, seed_b, steps, mode], [gallery, note],
                          api_name="interpolate")
             gr.Markdown("### VAE reconstruction")
-            upload = UploadImage(type="filepath", image_mode=None,
-                              label="a face (converted to 64x64 RGB; empty: method A's example face)",
-                              sources=["upload"])
+            upload = upload_image(label="a face (converted to 64x64 RGB; empty: method A's example face)",
+                                  sources=["upload"])
             button = gr.Button("Reconstruct")
             gallery, note = gr.Gallery(format="png", columns=2, label="input / reconstruction"), gr.Markdown()
             button.click(one_line_errors(vae_reconstruct), [upload], [gallery, note], api_name="vae_reconstruct")
@@ -343,8 +348,7 @@ def build() -> gr.Blocks:
         with gr.Tab("Adaptation"):
             with gr.Row():
                 pair = gr.Dropdown(pairs, value=pairs[0], label="source -> target")
-                upload = UploadImage(type="filepath", image_mode=None, label="a target-domain digit (or leave empty)",
-                                  sources=["upload"])
+                upload = upload_image(label="a target-domain digit (or leave empty)", sources=["upload"])
                 example = gr.Dropdown(list(range(10)), value=7, label="example digit (used without an upload)")
             button = gr.Button("Classify", variant="primary")
             with gr.Row():

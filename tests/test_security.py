@@ -486,7 +486,7 @@ def test_gradio_upload_component_hands_over_the_path_unopened(gradio_app, width,
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_claiming(width, width))
-    component = gradio_app.UploadImage(type="filepath", image_mode=None)
+    component = gradio_app.upload_image()
     path = component.preprocess(ImageData(path=str(bomb), orig_name="bomb.png"))
     assert path == str(bomb)
     gallery, note = gradio_app.vae_reconstruct(path)
