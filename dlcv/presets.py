@@ -145,7 +145,8 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-def _uda(method: str, domain_bn: bool, select: str = "labelled_val", **options: object) -> RunConfig:
+def _uda(method: str, domain_bn: bool, select: str = "labelled_val", sample_every: int = 0,
+         **options: object) -> RunConfig:
     """A UDA run on digits: --data.domain (labelled source) -> --data.target_domain (unlabelled)."""
     return RunConfig(
         name=f"uda_{method}", family="uda", architecture="uda_net",
@@ -154,7 +155,7 @@ def _uda(method: str, domain_bn: bool, select: str = "labelled_val", **options: 
         data=DataConfig(dataset="digits", domain="mnistm", target_domain="usps", image_size=28, channels=3),
         # 5000 steps: about 4 min per run on a GPU running 8 runs at once (VADA ~22 steps/s, DANN ~64)
         train=TrainConfig(steps=5000, batch_size=64, lr=1e-3, betas=(0.9, 0.999), log_every=100,
-                          eval_every=500, save_every=500),
+                          eval_every=500, save_every=500, sample_every=sample_every),
         method={"name": method, "select": select, **options},
     )
 
@@ -176,6 +177,9 @@ PRESETS.update({
     # associative DA (Haeusser et al. 2017): a walk source -> target -> source through feature similarities must keep
     # its class; one shared BN, as uda_dann
     "uda_assoc": _uda("assoc", domain_bn=False),
+    # Generate to Adapt (Sankaranarayanan et al. 2018): a generator of source-like images from both domains' features;
+    # the grid of target digits beside their source-like images is written every 1,000 steps (runs/uda_gta/samples)
+    "uda_gta": _uda("gta", domain_bn=False, sample_every=1000),
     "uda_target_only": _uda("target_only", domain_bn=False),
 })
 

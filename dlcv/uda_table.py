@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout the training subproce
 
 METHODS = list(catalog.METHODS)
 COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)",
-           "refine": "DANN + refinement (ours)", "assoc": "associative DA", "target_only": "target only"}
+           "refine": "DANN + refinement (ours)", "assoc": "associative DA",
+           "gta": "GTA", "target_only": "target only"}
 # the methods with t-SNE figures, shipped checkpoints and an oracle column: DANN and the improved ones
 ADAPTED = tuple(m for m in catalog.METHODS if catalog.METHOD_SLOT[m] in ("dann", "improved"))
 # ablation of the improved method: name -> (preset method, overrides); each row switches one part off
@@ -425,9 +426,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU threads per run (more than cores / jobs oversubscribes: about 3x slower)")
     parser.add_argument("--steps", type=parse_steps, default={},
                         help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
-    parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in ("refine", "assoc")),
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in ("refine", "assoc", "gta")),
                         help=f"of {METHODS}; refine is a second stage: it starts from each DANN run's final weights "
-                             f"(--init), so run it after --final --report has exported them; assoc runs when named")
+                             f"(--init), so run it after --final --report has exported them; assoc and gta run when named")
     parser.add_argument("--pairs", default="", help="e.g. mnistm:usps,usps:mnistm (default: every prepared pair)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablation", default="", help="pairs for the VADA ablation runs, e.g. usps:mnistm,mnistm:usps")

@@ -57,7 +57,7 @@ def test_every_preset_honours_every_train_field(preset, tiny_digits, tiny_faces,
               "--train.weight_decay=0.01", "--train.channels_last=false", "--train.amp=false"]
     fields.append(f"--train.eval_every={2 if family.evaluate is not None else 0}")
     # one grid at the end; none for diffusion, whose 80-digit DDIM grid takes a minute here (tests/test_diffusion.py)
-    grids = family.sample is not None and get_preset(preset).family != "diffusion"
+    grids = family.makes_samples(get_preset(preset)) and get_preset(preset).family != "diffusion"
     fields.append(f"--train.sample_every={3 if grids else 0}")
     if "ema_decay" not in family.REFUSES:
         fields.append("--train.ema_decay=0.9")
@@ -86,7 +86,7 @@ def test_every_preset_refuses_an_unknown_method_key_and_fields_it_cannot_honour(
     assert len(err) == 1 and "nope" in err[0]
     family = FAMILIES[cfg.family]
     refused = list(family.REFUSES) + (["eval_every"] if family.evaluate is None else []) + \
-        (["sample_every"] if family.sample is None else [])
+        ([] if family.makes_samples(cfg) else ["sample_every"])
     for field in refused:
         value = 0.5 if field == "ema_decay" else 7
         assert main(["train", preset, f"--train.{field}={value}", "--train.steps=0"]) == 2

@@ -108,3 +108,50 @@ class UDANet(nn.Module):
     def forward(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
         """Logits (B, num_classes)."""
         return self.head(self.features(x, domain))
+
+
+# ---------------------------------------------------------------- GTA's generator and discriminator (trained, not shipped)
+
+
+class GTAGenerator(nn.Module):
+    """G(phi, z, c) of Generate to Adapt (Sankaranarayanan et al. 2018): an embedding phi (B, feature_dim), noise z
+    (B, z_dim) and a code c (B, K + 1: one-hot source class, or the extra index K for a target image) -> a source-like
+    image (B, 3, H, W) in [-1, 1]. H = W = image_size, a multiple of 4: a linear map to (4w, H/4, W/4), then two
+    stride-2 transposed convs."""
+
+    def __init__(self, feature_dim: int, num_classes: int, z_dim: int = 512, width: int = 64,
+                 image_size: int = 28) -> None:
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"GTA's generator makes images whose side is a multiple of 4, not {image_size}")
+        self.num_classes, self.z_dim, self.side = num_classes, z_dim, image_size // 4
+        w = width
+        self.fc = nn.Sequential(nn.Linear(feature_dim + z_dim + num_classes + 1, 4 * w * self.side ** 2, bias=False),
+                                nn.BatchNorm1d(4 * w * self.side ** 2), nn.ReLU(inplace=True))
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, 3, 3, padding=1), nn.Tanh())
+
+    def forward(self, phi: torch.Tensor, z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([phi, z, F.one_hot(code, self.num_classes + 1).to(phi.dtype)], dim=1))
+        return self.net(h.view(h.shape[0], -1, self.side, self.side))
+
+
+class GTADiscriminator(nn.Module):
+    """D(x) -> (real/fake logit (B,), class logits (B, K)): GTA's two-headed discriminator, whose data head tells source
+    images from generated ones and whose class head is an auxiliary classifier trained on real source labels."""
+
+    def __init__(self, num_classes: int, width: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w, 3, 2, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(w, 2 * w, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * w, 4 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(4 * w), nn.LeakyReLU(0.2, inplace=True))
+        self.data_head = nn.Linear(4 * w, 1)
+        self.class_head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x).mean(dim=(2, 3))  # (B, 4w)
+        return self.data_head(h).squeeze(1), self.class_head(h)

@@ -353,6 +353,11 @@ class Algorithm:
     evaluate = None  # (step) -> dict[str, float]: a family that measures something defines it (at train.eval_every)
     sample = None  # () -> (images in [-1, 1], images per row): a family that generates defines it (train.sample_every)
 
+    @classmethod
+    def makes_samples(cls, cfg: RunConfig) -> bool:
+        """Whether a run of `cfg` has sample grids to write (train.sample_every is refused otherwise)."""
+        return cls.sample is not None
+
     def extra_state(self) -> dict[str, Any]:
         """Plain values beside the state dicts in state.pt (e.g. the best score so far)."""
         return {}
@@ -487,9 +492,9 @@ def check_train_fields(cfg: RunConfig, family: type[Algorithm], world: int) -> N
     if family.evaluate is None and cfg.train.eval_every:
         raise ValueError(f"train.eval_every={cfg.train.eval_every}: the {cfg.family} family has no evaluation during "
                          f"training; set --train.eval_every=0")
-    if family.sample is None and cfg.train.sample_every:
+    if not family.makes_samples(cfg) and cfg.train.sample_every:
         raise ValueError(f"train.sample_every={cfg.train.sample_every}: the {cfg.family} family makes no sample "
-                         f"grids; set --train.sample_every=0")
+                         f"grids for {cfg.name}; set --train.sample_every=0")
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over the "
                          f"{world} processes; use a multiple of {world}")

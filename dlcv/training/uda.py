@@ -1,5 +1,5 @@
 """Unsupervised domain adaptation on digits: UDA_METHODS (source-only, DANN, VADA + mean teacher, a DIRT-T-style
-refinement of a trained run, associative DA, target-only), each a small class with DomainBed's
+refinement of a trained run, associative DA, Generate to Adapt, target-only), each a small class with DomainBed's
 `update(x_src, y_src, x_tgt) -> dict` / `predict(x)` and a typed options dataclass, and `UDA`, the family the engine
 runs.
 
@@ -27,7 +27,7 @@ from dlcv.data.loaders import to_model_range
 from dlcv.losses import association_losses, conditional_entropy, diversity_loss, domain_loss, vat_loss
 from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
-from dlcv.models.uda import SOURCE, TARGET, UDANet
+from dlcv.models.uda import SOURCE, TARGET, GTADiscriminator, GTAGenerator, UDANet
 from dlcv.training.common import ema_copy, load_state, run_dir
 from dlcv.training.engine import Algorithm, Context, Precision, choose_precision, start
 from dlcv.validators import entropy_score, im_score
@@ -130,6 +130,20 @@ class AssocOptions(UDAOptions):
     assoc_delay: int = 500
 
 
+@dataclass
+class GTAOptions(UDAOptions):
+    """The authors' digit settings (Sankaranarayanan et al. 2018, their code): G and D trained by Adam at 5e-4, beta1
+    0.8; F's two terms from D at adv_weight 0.1 and adv_weight * alpha = 0.03 (alpha 0.3); noise of 512 dimensions.
+    Setting cls_weight or adv_weight to 0 is the ablation of that term."""
+
+    cls_weight: float = 0.1  # L_F,cls: D's class head must read G(F(x_s)) as y_s (the paper's adv_weight)
+    adv_weight: float = 0.03  # L_F,adv: D's data head must read G(F(x_t)) as a real source image (adv_weight * alpha)
+    gan_lr: float = 5e-4
+    gan_beta1: float = 0.8
+    z_dim: int = 512
+    gan_width: int = 64
+
+
 def parse_options(cls: type, hparams: dict[str, Any] | UDAOptions, method: str) -> Any:
     """hparams (cfg.method, or a part of it) -> the method's options; an unknown key raises naming the valid ones."""
     if isinstance(hparams, cls):
@@ -153,8 +167,7 @@ class SourceOnly:
         self.precision = precision or choose_precision(train, model.input_mean.device)
         self.model, self.total_steps, self.step = model, max(1, train.steps), 0
         self.extra = self.build_extra(model)  # e.g. the domain classifier
-        params = list(model.parameters()) + [p for m in self.extra.values() for p in m.parameters()]
-        self.opt = torch.optim.Adam(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+        self.opt = torch.optim.Adam(self.main_parameters(), lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: annealed_lr(s / self.total_steps))
         if model.config.domain_bn and type(self) in (SourceOnly, TargetOnly):
             raise ValueError(f"{type(self).__name__} sees one domain only, so it cannot fit per-domain batch norm; "
@@ -162,6 +175,10 @@ class SourceOnly:
 
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
         return {}
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        """What the main optimizer (train.lr, Ganin's annealing) trains: the network and the extra modules."""
+        return list(self.model.parameters()) + [p for m in self.extra.values() for p in m.parameters()]
 
     def state_modules(self) -> dict[str, Any]:
         """Everything with a state dict that a resumed run needs back (training/common.save_state)."""
@@ -382,6 +399,96 @@ class Assoc(SourceOnly):
                 "acc": (logits_src.argmax(1) == y_src).float().mean()}
 
 
+class GTA(SourceOnly):
+    """Generate to Adapt (Sankaranarayanan et al. 2018). The network's features phi = F(x) and a code c (the source
+    label, or "target") drive a generator G(phi, z, c) whose images a two-headed discriminator D judges: its data head
+    tells real source images from generated ones, its class head is trained on real source labels. Per step, in the
+    authors' order: D learns real source -> (real, y_s), G(F(x_s)) and G(F(x_t)) -> fake; G learns to make G(F(x_s))
+    pass as real and of class y_s; F and the classifier learn the source cross-entropy + cls_weight * L_F,cls (D's
+    class head on G(F(x_s)) must read y_s) + adv_weight * L_F,adv (G(F(x_t)) must pass as a real source image), so
+    target features are pulled to where they generate source-like digits. G and D are trained, not shipped."""
+
+    Options = GTAOptions
+
+    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
+        device, k = model.input_mean.device, model.config.num_classes
+        return {"generator": GTAGenerator(model.feature_dim, k, self.hp.z_dim, self.hp.gan_width,
+                                          model.config.image_size).to(device),
+                "discriminator": GTADiscriminator(k, self.hp.gan_width).to(device)}
+
+    def __init__(self, model: UDANet, hparams: dict[str, Any] | GTAOptions, train: TrainConfig,
+                 precision: Precision | None = None) -> None:
+        super().__init__(model, hparams, train, precision)
+        gan = {"lr": self.hp.gan_lr, "betas": (self.hp.gan_beta1, 0.999)}  # constant rates, as the authors'
+        self.opt_g = torch.optim.Adam(self.extra["generator"].parameters(), **gan)
+        self.opt_d = torch.optim.Adam(self.extra["discriminator"].parameters(), **gan)
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters())  # G and D have optimizers of their own
+
+    def state_modules(self) -> dict[str, Any]:
+        return {**super().state_modules(), "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def update(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
+        gen, disc, n, hp = self.extra["generator"], self.extra["discriminator"], x_src.shape[0], self.hp
+        code = torch.cat([y_src, torch.full((x_tgt.shape[0],), gen.num_classes, device=y_src.device)])
+        with self.precision.autocast():
+            phi = self.model.trunk(torch.cat([x_src, x_tgt]), ((SOURCE, n), (TARGET, x_tgt.shape[0])))  # (2B, D)
+            logits_src = self.model.head(phi[:n])
+            fake = gen(phi, torch.randn(phi.shape[0], hp.z_dim, device=phi.device), code)  # G(F(x_s)), G(F(x_t))
+        # D: real source -> (real, y_s); both generations -> fake
+        with self.precision.autocast():
+            real_data, real_class = disc(x_src)
+            fake_data, _ = disc(fake.detach())
+        d_loss = (real_logit_loss(real_data, True) + F.cross_entropy(real_class.float(), y_src)
+                  + real_logit_loss(fake_data[:n], False) + real_logit_loss(fake_data[n:], False))
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        # G and F against the updated D; each takes the gradient of its own loss only
+        with self.precision.autocast():
+            fake_data, fake_class = disc(fake)
+        class_of_src = F.cross_entropy(fake_class[:n].float(), y_src)
+        g_loss = real_logit_loss(fake_data[:n], True) + class_of_src
+        cls_loss = F.cross_entropy(logits_src.float(), y_src)
+        f_adv = real_logit_loss(fake_data[n:], True)
+        f_loss = cls_loss + hp.cls_weight * class_of_src + hp.adv_weight * f_adv
+        g_params = list(gen.parameters())
+        g_grads = torch.autograd.grad(g_loss, g_params, retain_graph=True)
+        self.opt.zero_grad(set_to_none=True)
+        f_loss.backward()  # also leaves gradients on G and D: G's are replaced below, D's cleared at its next step
+        for p, grad in zip(g_params, g_grads):
+            p.grad = grad
+        self.opt_g.step()
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        out = {"loss": f_loss, "cls_loss": cls_loss, "d_loss": d_loss, "g_loss": g_loss, "f_cls_loss": class_of_src,
+               "f_adv_loss": f_adv, "acc": (logits_src.argmax(1) == y_src).float().mean()}
+        return {k: v.detach() for k, v in out.items()}
+
+    @torch.no_grad()
+    def source_like(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
+        """G's source-like images (B, 3, H, W) in [-1, 1] of a one-domain batch, coded "target" as in training."""
+        gen, model = self.extra["generator"], self.eval_model
+        was = (gen.training, model.training)
+        gen.eval(), model.eval()
+        with self.precision.autocast():
+            phi = model.features(x, domain)
+            code = torch.full((x.shape[0],), gen.num_classes, device=x.device)
+            z = torch.randn(x.shape[0], self.hp.z_dim, device=x.device,
+                            generator=torch.Generator(device=x.device).manual_seed(0))
+            images = gen(phi, z, code).float()
+        gen.train(was[0]), model.train(was[1])
+        return images
+
+
+def real_logit_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Binary cross-entropy of D's data-head logits against "real" (1) or "generated" (0), in float32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
 def load_peer(path: str, model: UDANet) -> UDANet:
     """A trained checkpoint of the same pair (any network config), frozen in eval mode, for Refine's `peer`."""
     peer, meta = checkpoint.load(path, device=model.input_mean.device)
@@ -419,6 +526,7 @@ UDA_METHODS: dict[str, type[SourceOnly]] = {
     "vada": VADA,
     "refine": Refine,
     "assoc": Assoc,
+    "gta": GTA,
     "target_only": TargetOnly,
 }
 
@@ -566,6 +674,27 @@ class UDA(Algorithm):
 
     def extra_state(self) -> dict[str, Any]:
         return {"best": self.best, "batch_rng": self.generator.get_state()}
+
+    @classmethod
+    def makes_samples(cls, cfg: RunConfig) -> bool:
+        return UDA_METHODS.get(method_options(cfg)[0]) is GTA
+
+    @torch.no_grad()
+    def sample(self, per_class: int = 4) -> tuple[torch.Tensor, int]:
+        """GTA's figure: a row per class (the class the model predicts, so no target label is read), each target val
+        image followed by G's source-like image of it; rows are left blank where fewer images carry that class."""
+        split = "val" if "val" in self.tgt.splits else "train"
+        fmt = self.ctx.precision.fmt
+        images = to_rgb(to_model_range(self.tgt.splits[split][0][:2000])).contiguous(memory_format=fmt)
+        predicted = self.method.predict(images).argmax(1)
+        k = self.method.model.config.num_classes
+        rows = torch.full((k, 2 * per_class, *images.shape[1:]), -1.0, device=images.device)
+        for c in range(k):
+            x = images[predicted == c][:per_class]
+            if len(x):
+                rows[c, 0:2 * len(x):2] = x.float()
+                rows[c, 1:2 * len(x):2] = self.method.source_like(x)
+        return rows.flatten(0, 1), 2 * per_class
 
     def shipped(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         return self.method.eval_model, {}
