@@ -78,10 +78,10 @@ def diffusion_figures(model: torch.nn.Module, document: dict, out: Path, name: s
     from dlcv.metadata import sampling_config
 
     sampling = sampling_config(document)
-    num_timesteps = document["schedule"]["num_timesteps"]
     from dlcv.diffusion import sampler_timesteps
+    from dlcv.service import noise_schedule
 
-    timesteps = sampler_timesteps(sampling.sampler, num_timesteps, sampling.steps)
+    timesteps = sampler_timesteps(sampling.sampler, noise_schedule(document), sampling.steps)
     ts = [timesteps[round(i * (len(timesteps) - 1) / 5)] for i in range(5)]  # five x_t from t = T-1 down
     images, kept = generate_digits(model, document, labels, seed=seed, keep=tuple(ts))
     grid = save_grid(images, out / f"{name}_grid.png", nrow=10)

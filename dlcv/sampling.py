@@ -81,7 +81,7 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
         raise ValueError(f"uncond_every={uncond_every} does not work with dpm++2m (accuracy 0.22 at 10 steps); "
                          "use uncond_every=1")
     c, size = model.config.in_channels, model.config.image_size
-    timesteps = sampler_timesteps(sampler, schedule.num_timesteps, steps)
+    timesteps = sampler_timesteps(sampler, schedule, steps)
     needs_noise = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
     outputs, kept = [], {t: [] for t in keep}
     total = len(labels) * len(timesteps)

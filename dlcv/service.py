@@ -129,20 +129,24 @@ def generate_digits(model: torch.nn.Module, document: dict[str, Any], labels: to
                     guidance_interval: tuple[int, int] | None = None, uncond_every: int | None = None):
     """Class-conditional digits in [-1, 1] from a diffusion checkpoint; unset options use the checkpoint's own
     sampling defaults. Returns (images, {t: x_t}) like sampling.sample_diffusion."""
-    from dlcv.config import from_dict
-    from dlcv.diffusion import NoiseSchedule, ScheduleConfig
-    from dlcv.sampling import sample_diffusion
-
     from dlcv.metadata import sampling_config
+    from dlcv.sampling import sample_diffusion
 
     if document["architecture"] != "unet":
         raise ValueError(f"{document['architecture']} checkpoints do not generate with diffusion; use a unet one")
     s = sampling_config(document, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                         guidance_interval=guidance_interval, uncond_every=uncond_every)
-    schedule = NoiseSchedule(from_dict(ScheduleConfig, document["schedule"]))
-    return sample_diffusion(model, schedule, labels, seed=seed, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                            guidance=s.guidance, guidance_interval=s.guidance_interval,
+    return sample_diffusion(model, noise_schedule(document), labels, seed=seed, sampler=s.sampler, steps=s.steps,
+                            eta=s.eta, guidance=s.guidance, guidance_interval=s.guidance_interval,
                             uncond_every=s.uncond_every, keep=keep, progress=progress)
+
+
+def noise_schedule(document: dict[str, Any]):
+    """The NoiseSchedule a diffusion checkpoint was trained with (its config.json `schedule`)."""
+    from dlcv.config import from_dict
+    from dlcv.diffusion import NoiseSchedule, ScheduleConfig
+
+    return NoiseSchedule(from_dict(ScheduleConfig, document["schedule"]))
 
 
 def sampling_defaults(document: dict[str, Any]):
@@ -391,12 +395,12 @@ def attribute_probability(classifier: torch.nn.Module, images: torch.Tensor) -> 
 
 # ---------------------------------------------------------------- digits
 
-def reverse_keep(sampler: str, steps: int, num_timesteps: int, frames: int = 50) -> tuple[int, ...]:
+def reverse_keep(sampler: str, steps: int, schedule, frames: int = 50) -> tuple[int, ...]:
     """Timesteps whose x_t to keep for the reverse-process animation: every DDIM/DPM-Solver step (or `frames` of them),
-    `frames` evenly spaced ones of a full DDPM run."""
+    `frames` evenly spaced ones of a full DDPM run. `schedule` is the checkpoint's NoiseSchedule (noise_schedule)."""
     from dlcv.diffusion import sampler_timesteps
 
-    timesteps = sampler_timesteps(sampler, num_timesteps, steps)
+    timesteps = sampler_timesteps(sampler, schedule, steps)
     if len(timesteps) <= frames:
         return tuple(timesteps)
     return tuple(timesteps[round(i * (len(timesteps) - 1) / (frames - 1))] for i in range(frames))
@@ -427,7 +431,7 @@ def digits(model: torch.nn.Module, document: dict[str, Any], digit: int | None, 
 
     resolved = sampling_config(document, sampler=sampler, steps=steps)
     sampler, steps = resolved.sampler, resolved.steps
-    keep = reverse_keep(sampler, steps, document["schedule"]["num_timesteps"], frames)
+    keep = reverse_keep(sampler, steps, noise_schedule(document), frames)
     images, kept = generate_digits(model, document, labels, seed=seed, sampler=sampler, steps=steps,
                                    guidance=guidance, keep=keep, progress=progress)
     return images, [(t, kept[t]) for t in keep] + [(-1, images)]  # t = -1: the final x_0

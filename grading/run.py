@@ -257,7 +257,7 @@ def digit_figures(entry: Entry, name: str, folder: str, ctx: Context) -> None:
         from dlcv.metadata import sampling_config
 
         sampling = sampling_config(document)
-        steps = sampler_timesteps(sampling.sampler, document["schedule"]["num_timesteps"], sampling.steps)
+        steps = sampler_timesteps(sampling.sampler, service.noise_schedule(document), sampling.steps)
         keep = tuple(steps[i] for i in torch.linspace(0, len(steps) - 1, 6).round().long().tolist())
         x0, kept = service.generate_digits(model, document, torch.zeros(1, dtype=torch.long), seed=ctx.seed,
                                            keep=keep)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from dlcv import checkpoint, hub, service
+from dlcv.diffusion import NoiseSchedule, ScheduleConfig
 from dlcv.models import ARCHITECTURES, build_model
 from dlcv.models.classifier import ClassifierConfig
 from dlcv.models.gan import GeneratorConfig
@@ -154,7 +155,7 @@ def test_digits_keep_the_reverse_process(demo_env):
     assert [t for t, _ in frames] == [49, 37, 24, 12, 0, -1] and torch.equal(frames[-1][1], images)
     gif = Image.open(io.BytesIO(service.reverse_gif(frames)))
     assert gif.format == "GIF" and gif.n_frames == len(frames)
-    assert len(service.reverse_keep("ddpm", 0, 1000, frames=50)) == 50
+    assert len(service.reverse_keep("ddpm", 0, NoiseSchedule(ScheduleConfig(num_timesteps=1000)), frames=50)) == 50
     with pytest.raises(ValueError, match="digits 0..9"):
         service.digits(model, document, 10, 1)
 

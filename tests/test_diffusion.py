@@ -199,3 +199,19 @@ def test_dpm_solver_2m_converges_to_the_ddim_solution():
     assert error[("dpm++2m", 40)] < 0.02
     again = run("dpm++2m", 5)
     assert torch.equal(again, run("dpm++2m", 5))  # deterministic
+
+
+@pytest.mark.parametrize("T, steps", [(1000, 8), (1000, 15), (1000, 200), (50, 5), (50, 49)])
+def test_dpm_timesteps_are_even_in_log_snr_distinct_and_start_at_x_T(T, steps):
+    from dlcv.diffusion import dpm_timesteps, half_log_snr
+
+    s = NoiseSchedule(ScheduleConfig(num_timesteps=T))
+    ts = dpm_timesteps(s, steps)
+    assert len(ts) == steps and ts[0] == T - 1 and ts[-1] >= 1
+    assert all(a > b for a, b in zip(ts, ts[1:]))  # strictly decreasing: no network call repeated
+    if steps <= 15:  # where no rounding collides, each lambda step is (lambda_0 - lambda_{T-1}) / steps
+        lam = [half_log_snr(s, t) for t in ts] + [half_log_snr(s, 0)]
+        gaps = [b - a for a, b in zip(lam, lam[1:])]
+        assert max(gaps) - min(gaps) < 0.35 * (lam[-1] - lam[0]) / steps
+    with pytest.raises(ValueError, match="between 1 and"):
+        dpm_timesteps(s, T)

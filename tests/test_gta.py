@@ -46,7 +46,7 @@ def changed(before, module):
 
 def test_each_network_is_trained_by_its_own_loss():
     method = gta()
-    gen, disc = method.extra["generator"], method.extra["discriminator"]
+    gen = method.extra["generator"]
     assert {id(p) for group in method.opt.param_groups for p in group["params"]} == \
         {id(p) for p in method.model.parameters()}  # F and C only: G and D have optimizers of their own
     # G's step must follow L_G alone: the same step with F's terms switched off gives G the same new weights
@@ -66,7 +66,7 @@ def test_each_network_is_trained_by_its_own_loss():
     assert any(not torch.allclose(a, b) for a, b in zip(method.model.parameters(), plain.model.parameters()))
 
 
-def test_every_network_moves_and_the_ablation_leaves_features_to_the_classifier():
+def test_every_network_moves_and_unknown_options_are_refused():
     method = gta()
     nets = {"F": method.model, "G": method.extra["generator"], "D": method.extra["discriminator"]}
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in nets.items()}
