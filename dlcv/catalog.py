@@ -53,7 +53,8 @@ METHOD_SLOT = {"source_only": "lower", "dann": "dann", "vada": "improved", "refi
                "gta": "improved", "target_only": "upper"}
 METHODS = tuple(METHOD_SLOT)
 # which method a pair ships (grading's and hw2_3's model), best first. Target-only reads target labels, and a method
-# missing here (assoc and gta, which have no measured row, or an unknown one) is unranked, so none of them is a pair's model.
+# missing here (assoc and gta, which have no measured row, or an unknown one) is unranked, so none of them is a
+# pair's model.
 SHIP_RANK = ("refine", "vada", "dann", "source_only")
 
 

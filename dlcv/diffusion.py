@@ -125,17 +125,16 @@ def dpm_timesteps(schedule: NoiseSchedule, steps: int) -> list[int]:
     T = schedule.num_timesteps
     if not 1 <= steps < T:
         raise ValueError(f"steps={steps} must be between 1 and {T - 1} (the schedule's timesteps less one)")
-    ab = schedule.alpha_bar
-    lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t
+    lam = torch.tensor([half_log_snr(schedule, t) for t in range(T)])  # (T,), decreasing in t
     targets = torch.linspace(float(lam[T - 1]), float(lam[0]), steps + 1)[:-1]
     ts = [int((lam - v).abs().argmin()) for v in targets]
-    # lambda moves fast near t = 0, so neighbours can round to one timestep: keep them distinct, decreasing, >= 1
+    # neighbours can round to one timestep where lambda moves fast (near t = 0; near t = T-1 of a cosine schedule,
+    # whose last beta is clipped): push them apart downwards from T-1, then upwards from 1, so they stay distinct
+    for i in range(1, len(ts)):
+        ts[i] = min(ts[i], ts[i - 1] - 1)
     ts[-1] = max(ts[-1], 1)
     for i in range(len(ts) - 2, -1, -1):
         ts[i] = max(ts[i], ts[i + 1] + 1)
-    if ts[0] > T - 1:
-        raise ValueError(f"steps={steps} is more than DPM-Solver++'s logSNR spacing can place on {T} timesteps; "
-                         f"use fewer steps or the ddim sampler")
     return ts
 
 

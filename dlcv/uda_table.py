@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps per run, N or per method: dann=3000,vada=1000,*=3000 (default: the presets')")
     parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in ("refine", "assoc", "gta")),
                         help=f"of {METHODS}; refine is a second stage: it starts from each DANN run's final weights "
-                             f"(--init), so run it after --final --report has exported them; assoc and gta run when named")
+                             f"(--init), so run it after --final --report has exported them; assoc and gta run "
+                             f"when named")
     parser.add_argument("--pairs", default="", help="e.g. mnistm:usps,usps:mnistm (default: every prepared pair)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ablation", default="", help="pairs for the VADA ablation runs, e.g. usps:mnistm,mnistm:usps")

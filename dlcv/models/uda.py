@@ -110,7 +110,7 @@ class UDANet(nn.Module):
         return self.head(self.features(x, domain))
 
 
-# ---------------------------------------------------------------- GTA's generator and discriminator (trained, not shipped)
+# ---------------------------------------------------------------- GTA: generator and discriminator (not shipped)
 
 
 class GTAGenerator(nn.Module):

@@ -167,7 +167,8 @@ class SourceOnly:
         self.precision = precision or choose_precision(train, model.input_mean.device)
         self.model, self.total_steps, self.step = model, max(1, train.steps), 0
         self.extra = self.build_extra(model)  # e.g. the domain classifier
-        self.opt = torch.optim.Adam(self.main_parameters(), lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+        self.opt = torch.optim.Adam(self.main_parameters(), lr=train.lr, betas=tuple(train.betas),
+                                    weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: annealed_lr(s / self.total_steps))
         if model.config.domain_bn and type(self) in (SourceOnly, TargetOnly):
             raise ValueError(f"{type(self).__name__} sees one domain only, so it cannot fit per-domain batch norm; "
@@ -410,18 +411,18 @@ class GTA(SourceOnly):
 
     Options = GTAOptions
 
-    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
-        device, k = model.input_mean.device, model.config.num_classes
-        return {"generator": GTAGenerator(model.feature_dim, k, self.hp.z_dim, self.hp.gan_width,
-                                          model.config.image_size).to(device),
-                "discriminator": GTADiscriminator(k, self.hp.gan_width).to(device)}
-
     def __init__(self, model: UDANet, hparams: dict[str, Any] | GTAOptions, train: TrainConfig,
                  precision: Precision | None = None) -> None:
         super().__init__(model, hparams, train, precision)
         gan = {"lr": self.hp.gan_lr, "betas": (self.hp.gan_beta1, 0.999)}  # constant rates, as the authors'
         self.opt_g = torch.optim.Adam(self.extra["generator"].parameters(), **gan)
         self.opt_d = torch.optim.Adam(self.extra["discriminator"].parameters(), **gan)
+
+    def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
+        device, k = model.input_mean.device, model.config.num_classes
+        return {"generator": GTAGenerator(model.feature_dim, k, self.hp.z_dim, self.hp.gan_width,
+                                          model.config.image_size).to(device),
+                "discriminator": GTADiscriminator(k, self.hp.gan_width).to(device)}
 
     def main_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())  # G and D have optimizers of their own
