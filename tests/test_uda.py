@@ -392,3 +392,16 @@ def test_predict_refuses_a_checkpoint_that_does_not_classify(tmp_path, capsys):
     assert main(["predict", str(ckpt), "--images", str(folder), "--out", str(tmp_path / "pred.csv")]) == 2
     err = capsys.readouterr().err
     assert "is a generator checkpoint, which does not classify" in err and "Traceback" not in err
+
+
+def test_adabn_script_replaces_batch_norm_statistics_by_the_target_images_average():
+    adabn = load_script("benchmarks/adabn.py")
+    model = UDANet(UDANetConfig(width=4, domain_bn=False, input_norm="instance"))
+    images = torch.randint(0, 256, (10, 3, 28, 28), dtype=torch.uint8)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    adabn.adapt_batch_norm(model, images, batch=5)
+    in_halves = norms[0].running_mean.clone()
+    adabn.adapt_batch_norm(model, images, batch=10)
+    # the first layer's input does not depend on the batches, so two equal halves average to the mean over all images
+    torch.testing.assert_close(in_halves, norms[0].running_mean)
+    assert norms[0].running_mean.abs().sum() > 0 and not model.training and not norms[0].training
