@@ -11,6 +11,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# how a UDA checkpoint's weights were picked, never by target labels: labelled-domain val accuracy, a score of the
+# predictions on unlabelled target val (dlcv.validators: IM, entropy, SND, BNM), DEV, or the final weights
+SelectionRule = Literal["labelled_val", "target_im", "target_entropy", "target_snd", "target_bnm", "dev", "last"]
+
 FAMILY_OF_ARCHITECTURE = {"generator": "gan", "unet": "diffusion", "vae": "vae", "classifier": "classifier",
                           "uda_net": "uda"}
 
@@ -98,7 +102,7 @@ class UDAMetrics:
     target_val_acc: float | None = None
     target_test_acc: float | None = None
     selected_step: int | None = None
-    selected_by: Literal["labelled_val", "target_im", "last"] | None = None
+    selected_by: SelectionRule | None = None
     labelled_val_acc: float | None = None
 
 

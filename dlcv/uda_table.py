@@ -4,6 +4,7 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
     python scripts/uda_table.py --data data --out runs/uda_table --jobs 12 --steps 6000          # train (resumable)
     python scripts/uda_table.py --data data --out runs/uda_table_cpu --jobs 2 --steps dann=3000,vada=1000,*=3000  # CPU
     python scripts/uda_table.py --out runs/uda_table --report                                   # tables -> stdout + md
+    python scripts/uda_table.py --out runs/uda_table --validators    # what each label-free selection rule picks
     python scripts/uda_table.py --data data --out runs/uda_table --tsne                         # seed-0 t-SNE PNGs
     python scripts/uda_table.py --out runs/uda_table --ship checkpoints [--pairs mnist:usps]     # DANN + VADA ckpts
     python scripts/uda_table.py --data data --out runs/uda_table --methods refine --pairs mnist:mnistm  # stage 2:
@@ -343,6 +344,49 @@ def report(args: argparse.Namespace) -> str:
     return text
 
 
+def validator_report(args: argparse.Namespace) -> str:
+    """Markdown: per run (pair x method x seed), the target test accuracy (%) of the evaluation each label-free rule
+    picks from the run's log (dlcv.validators.picks), next to the oracle's; then each rule's mean gap to the oracle."""
+    from dlcv.validators import RULES, picks
+
+    records = [r for r in json.loads(write_summary(args).read_text()) if r.get("returncode") == 0
+               and r["variant"] is None and r["method"] != "target_only"]
+    order = {m: i for i, m in enumerate(METHODS)}
+    records.sort(key=lambda r: (PAIRS.index((r["source"], r["target"])) if (r["source"], r["target"]) in PAIRS
+                                else 99, order.get(r["method"], 99), r["seed"]))
+    rules = [*RULES, "last"]
+    lines = ["Target **test** accuracy (%) of the evaluation each rule picks (step in brackets); oracle: the best "
+             "target test accuracy over the same evaluations (reads target labels; never used to pick).", "",
+             "| pair | method | seed | " + " | ".join(rules) + " | oracle |", "| --- | --- | ---: |"
+             + " ---: |" * (len(rules) + 1)]
+    gaps: dict[str, list[float]] = {rule: [] for rule in rules}
+    for r in records:
+        log_path = Path(args.out) / "runs" / r["name"] / "metrics.jsonl"
+        try:
+            chosen = picks([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()])
+        except (OSError, ValueError) as err:
+            print(f"{r['name']}: skipped ({err})", flush=True)
+            continue
+        oracle = chosen["oracle"][1]
+        cells = []
+        for rule in rules:
+            step, acc = chosen.get(rule, (None, None))
+            if acc is None:
+                cells.append("-")
+                continue
+            gaps[rule].append(oracle - acc)
+            cells.append(f"{100 * acc:.1f} ({step})")
+        lines.append(f"| {r['source']} → {r['target']} | {COLUMNS[r['method']]} | {r['seed']} | "
+                     + " | ".join(cells) + f" | {100 * oracle:.1f} ({chosen['oracle'][0]}) |")
+    lines.append("| **mean gap to the oracle (points)** | | | " + " | ".join(
+        f"**{100 * statistics.mean(g):.2f}**" if g else "-" for g in gaps.values()) + " | 0 |")
+    lines.append("| runs within 1 point of the oracle | | | " + " | ".join(
+        f"{sum(x <= 0.01 for x in g)}/{len(g)}" if g else "-" for g in gaps.values()) + " | |")
+    text = "\n".join(lines) + "\n"
+    (Path(args.out) / "RESULTS_validators.md").write_text(text)
+    return text
+
+
 def table_runs(args: argparse.Namespace, methods: tuple[str, ...]) -> list[dict]:
     """The finished table runs (not ablation) of `methods` in summary.json, those of --pairs only when it is given;
     with --final, each with the checkpoint and figures of its final weights (final_checkpoint)."""
@@ -440,6 +484,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", default="runs/uda_table/final/dann_{source}_to_{target}_s{seed}",
                         help="checkpoint each refine run starts from; {source}, {target}, {seed} are filled in")
     parser.add_argument("--report", action="store_true", help="print the markdown tables (and write RESULTS_uda.md)")
+    parser.add_argument("--validators", action="store_true",
+                        help="print what each label-free selection rule picks in every run's log, against the oracle "
+                             "(and write RESULTS_validators.md)")
     parser.add_argument("--tsne", action="store_true", help="t-SNE PNGs of the seed-0 runs")
     parser.add_argument("--tsne-per-domain", type=int, default=700)
     parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN, VADA and refine checkpoints to DIR")
@@ -456,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         return pack(args.data, args.pack)
     if args.unpack:
         unpack(args.unpack, args.data)
-    if not (args.report or args.tsne or args.ship):
+    if not (args.report or args.tsne or args.ship or args.validators):
         train_all(args)
     if args.tsne:
         tsne(args)
@@ -464,6 +511,8 @@ def main(argv: list[str] | None = None) -> None:
         ship(args)
     if args.report:
         print(report(args))
+    if args.validators:
+        print(validator_report(args))
 
 
 if __name__ == "__main__":

@@ -176,3 +176,31 @@ def validate(model: UDANet, x_src_train: torch.Tensor, x_src_val: torch.Tensor, 
             "entropy": entropy_score(tgt.logits), "im": im_score(tgt.logits), "snd": snd_score(tgt.logits),
             "bnm": bnm_score(tgt.logits),
             "dev": dev_score(src_train.features, src_val.features, src_val.logits, y_src_val, tgt.features)}
+
+
+# ---------------------------------------------------------------- what each rule picks in a run's log
+
+# selection rule -> the metrics.jsonl key a UDA run logs it under at each evaluation (dlcv.training.uda.UDA.evaluate)
+RULES = {"source val": "labelled_val_acc", "entropy": "validator/target_entropy", "IM": "validator/target_im",
+         "SND": "validator/target_snd", "BNM": "validator/target_bnm", "DEV": "validator/dev"}
+TEST_KEY = "oracle/target_test_acc"  # logged beside the scores for this comparison; never read to select
+
+
+def picks(rows: list[dict]) -> dict[str, tuple[int, float]]:
+    """rule -> (step, target test accuracy) of the evaluation each rule picks (highest score, ties to the later
+    step) among a run's metrics.jsonl rows, plus 'last' (the final evaluation) and 'oracle' (the best target test
+    accuracy: what no label-free rule can beat). A step logged twice (a resumed run) counts once, its last record."""
+    by_step = {row["step"]: row for row in rows if TEST_KEY in row}
+    if not by_step:
+        raise ValueError(f"no evaluation in the log carries {TEST_KEY!r}; train the run with this version of dlcv")
+    evals = [by_step[s] for s in sorted(by_step)]
+    out = {}
+    for rule, key in RULES.items():
+        scored = [row for row in evals if key in row]
+        if scored:
+            best = max(scored, key=lambda row: (row[key], row["step"]))
+            out[rule] = (best["step"], best[TEST_KEY])
+    out["last"] = (evals[-1]["step"], evals[-1][TEST_KEY])
+    best = max(evals, key=lambda row: (row[TEST_KEY], row["step"]))
+    out["oracle"] = (best["step"], best[TEST_KEY])
+    return out

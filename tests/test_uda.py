@@ -405,3 +405,45 @@ def test_adabn_script_replaces_batch_norm_statistics_by_the_target_images_averag
     # the first layer's input does not depend on the batches, so two equal halves average to the mean over all images
     torch.testing.assert_close(in_halves, norms[0].running_mean)
     assert norms[0].running_mean.abs().sum() > 0 and not model.training and not norms[0].training
+
+
+@pytest.mark.parametrize("rule", ["target_snd", "dev"])
+def test_a_label_free_rule_selects_and_every_rule_is_logged(rule, tiny_digits, tmp_path):
+    """Each evaluation logs every validator and the target test accuracy; the shipped weights are the evaluation with
+    the best score of method.select, and the checkpoint names that rule."""
+    from dlcv.validators import RULES, picks
+
+    cfg = uda_cfg("dann", tiny_digits, tmp_path, "--train.steps=3", f"--method.select={rule}")
+    meta = checkpoint.read_config(train(cfg, out=tmp_path / "ckpt"))
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "uda_dann_test" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert all(key in row for key in RULES.values()) and 0 <= row["oracle/target_test_acc"] <= 1
+    key = f"validator/{rule}"
+    best = max(rows, key=lambda row: (row[key], row["step"]))
+    assert meta["metrics"]["selected_by"] == rule and meta["metrics"]["selected_step"] == best["step"]
+    chosen = picks(rows)
+    assert chosen["last"][0] == 3 and chosen["oracle"][1] == max(row["oracle/target_test_acc"] for row in rows)
+
+
+def test_target_only_refuses_a_label_free_rule(tiny_digits, tmp_path):
+    with pytest.raises(ValueError, match="select=labelled_val"):
+        _setup(uda_cfg("target_only", tiny_digits, tmp_path, "--method.select=target_bnm"))
+
+
+def test_uda_table_validator_report(tiny_digits, tmp_path):
+    """--validators reads each table run's log and writes one row per run, with each rule's gap to the oracle."""
+    import argparse
+
+    table = _uda_table()
+    args = argparse.Namespace(out=str(tmp_path / "table"), data=str(tiny_digits), device="cpu", steps={"*": 3},
+                              set=TINY[1:], final=False)
+    run = table.plan(argparse.Namespace(pairs="mnistm:usps", methods="dann", seeds="0", ablation="", data=""))[0]
+    ckpt = train(apply_overrides(get_preset(run["preset"]), table.train_overrides(run, args)))
+    (tmp_path / "table" / "results").mkdir(parents=True)
+    (tmp_path / "table" / "results" / f"{run['name']}.json").write_text(
+        json.dumps({**run, "returncode": 0, "metrics": checkpoint.read_config(ckpt)["metrics"], "checkpoint": str(ckpt)}))
+    text = table.validator_report(args)
+    rows = [line for line in text.splitlines() if line.startswith("| mnistm → usps | DANN | 0 |")]
+    assert len(rows) == 1 and rows[0].count("|") == 1 + 3 + 7 + 1  # 3 run cells, 6 rules + last, the oracle
+    assert "mean gap to the oracle" in text and (tmp_path / "table" / "RESULTS_validators.md").is_file()

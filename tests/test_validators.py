@@ -135,3 +135,16 @@ def test_model_outputs_and_validate_on_a_tiny_udanet():
     scores = v.validate(model, images, images[:4], torch.tensor([0, 1, 2, 3]), grey, batch_size=4)
     assert set(scores) == {"source_val_acc", "entropy", "im", "snd", "bnm", "dev"}
     assert all(math.isfinite(value) for value in scores.values())
+
+
+def test_picks_each_rules_best_step_ties_to_the_later_and_the_oracle():
+    rows = [{"step": 10, "labelled_val_acc": 0.9, "validator/target_snd": 1.0, "oracle/target_test_acc": 0.5},
+            {"step": 15, "loss": 0.3},  # a log point without an evaluation
+            {"step": 20, "labelled_val_acc": 0.8, "validator/target_snd": 2.0, "oracle/target_test_acc": 0.7},
+            {"step": 30, "labelled_val_acc": 0.9, "validator/target_snd": 0.5, "oracle/target_test_acc": 0.6}]
+    chosen = v.picks(rows)
+    assert chosen["source val"] == (30, 0.6)  # a tie goes to the later evaluation
+    assert chosen["SND"] == (20, 0.7) and chosen["last"] == (30, 0.6) and chosen["oracle"] == (20, 0.7)
+    assert "DEV" not in chosen  # not logged: no pick
+    with pytest.raises(ValueError, match="oracle/target_test_acc"):
+        v.picks([{"step": 1, "loss": 0.1}])

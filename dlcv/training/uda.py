@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,17 +25,19 @@ from dlcv import checkpoint
 from dlcv.config import RunConfig, TrainConfig, check_choice, from_dict, to_dict
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_model_range
+from dlcv.metadata import SelectionRule
 from dlcv.losses import association_losses, conditional_entropy, diversity_loss, domain_loss, vat_loss
 from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, GTADiscriminator, GTAGenerator, UDANet
 from dlcv.training.common import ema_copy, load_state, run_dir
 from dlcv.training.engine import Algorithm, Context, Precision, choose_precision, start
-from dlcv.validators import entropy_score, im_score
+from dlcv.validators import bnm_score, dev_score, entropy_score, im_score, model_outputs, snd_score
 
 log = logging.getLogger(__name__)
 
-SELECTION = ("labelled_val", "target_im", "last")  # never target labels; the oracle is recorded apart
+SELECTION = typing.get_args(SelectionRule)  # never target labels; the oracle is recorded apart
+VALIDATOR_IMAGES = 2000  # source train, source val and target val images each that DEV's domain classifier reads
 
 
 def dann_lambda(p: float) -> float:
@@ -77,7 +80,7 @@ class UDAOptions:
     """cfg.method of every UDA run: which method, and how weights are selected without target labels."""
 
     name: str = "dann"  # a key of UDA_METHODS
-    select: Literal["labelled_val", "target_im", "last"] = "labelled_val"
+    select: SelectionRule = "labelled_val"
 
     def __post_init__(self) -> None:
         check_choice("method.select", self.select, SELECTION)
@@ -579,15 +582,33 @@ def to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(method: SourceOnly, data: DomainData, split: str, domain: int, fmt: torch.memory_format,
-             batch_size: int = 1000) -> dict[str, float] | None:
-    """Accuracy, mean prediction entropy and the information maximisation score (label-free: dlcv.validators)."""
+             batch_size: int = 1000, scores: bool = False) -> dict[str, float] | None:
+    """Accuracy, mean prediction entropy and the information maximisation score (label-free: dlcv.validators);
+    with `scores`, also SND and BNM of the predictions."""
     if split not in data.splits:
         return None
     images, labels = data.splits[split]
     logits = torch.cat([method.predict(to_rgb(to_model_range(images[i:i + batch_size])).contiguous(memory_format=fmt),
                                        domain=domain) for i in range(0, len(images), batch_size)])
-    return {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": -entropy_score(logits),
-            "im": im_score(logits)}
+    out = {"acc": (logits.argmax(1) == labels).float().mean().item(), "entropy": -entropy_score(logits),
+           "im": im_score(logits)}
+    if scores:
+        out.update(snd=snd_score(logits), bnm=bnm_score(logits))
+    return out
+
+
+def label_free_scores(method: SourceOnly, src: DomainData, tgt: DomainData, tgt_val: dict[str, float],
+                      n: int = VALIDATOR_IMAGES) -> dict[str, float]:
+    """Every label-free validator of the evaluated network (higher = better; keys as SELECTION's): entropy, IM, SND
+    and BNM of its predictions on all target val images (tgt_val, from evaluate(..., scores=True)), and DEV from the
+    first n source train, source val and target val images."""
+    model = method.eval_model
+    val = "val" if "val" in tgt.splits else "train"
+    src_train, src_val, tgt_x = (model_outputs(model, images[:n], domain) for images, domain in (
+        (src.splits["train"][0], SOURCE), (src.splits["val"][0], SOURCE), (tgt.splits[val][0], TARGET)))
+    dev = dev_score(src_train.features, src_val.features, src_val.logits, src.splits["val"][1][:n], tgt_x.features)
+    return {"target_im": tgt_val["im"], "target_entropy": -tgt_val["entropy"], "target_snd": tgt_val["snd"],
+            "target_bnm": tgt_val["bnm"], "dev": dev}
 
 
 def method_options(cfg: RunConfig) -> tuple[str, str, dict[str, Any]]:
@@ -637,6 +658,9 @@ class UDA(Algorithm):
         model = model.to(memory_format=fmt)
         self.method = UDA_METHODS[name](model, options, cfg.train, ctx.precision)
         self.labelled = self.tgt if self.method.labelled_domain == TARGET else self.src
+        if self.method.labelled_domain == TARGET and self.select not in ("labelled_val", "last"):
+            raise ValueError(f"method.select={self.select!r} scores a model adapted from a labelled source; "
+                             f"{name} trains on target labels: use --method.select=labelled_val")
         self.generator = torch.Generator(device=device).manual_seed(ctx.seed())
         self.best = {"selected": (-math.inf, 0, None), "oracle": (-math.inf, 0, None)}  # (score, step, state)
 
@@ -663,15 +687,25 @@ class UDA(Algorithm):
     def evaluate(self, step: int) -> dict[str, float]:
         method, fmt = self.method, self.ctx.precision.fmt
         lab_val = evaluate(method, self.labelled, "val", method.labelled_domain, fmt)
-        tgt_val = evaluate(method, self.tgt, "val", TARGET, fmt)
-        score = {"labelled_val": lab_val["acc"], "target_im": tgt_val["im"], "last": step - 1}[self.select]
-        if score >= self.best["selected"][0]:  # ties go to the later step
-            self.best["selected"] = (score, step, method.snapshot())
+        tgt_val = evaluate(method, self.tgt, "val", TARGET, fmt, scores=True)
+        scores = {"labelled_val": lab_val["acc"], "last": step - 1}
+        if method.labelled_domain == SOURCE:  # target-only reads target labels: nothing label-free to select by
+            scores.update(label_free_scores(method, self.src, self.tgt, tgt_val))
+        if scores[self.select] >= self.best["selected"][0]:  # ties go to the later step
+            self.best["selected"] = (scores[self.select], step, method.snapshot())
         if tgt_val["acc"] >= self.best["oracle"][0]:  # oracle: reads target val labels; reported apart, never shipped
             self.best["oracle"] = (tgt_val["acc"], step, method.snapshot())
-        return {"labelled_val_acc": round(lab_val["acc"], 5), "target_val_acc": round(tgt_val["acc"], 5),
-                "target_val_im": round(tgt_val["im"], 5),
-                "steps_per_s": round(step / max(self.ctx.train_seconds, 1e-9), 2)}
+        # every validator's score is logged (validator/<rule>), with target test accuracy beside it (oracle/), so
+        # `dlcv.uda_table --validators` can say what each rule would have picked; neither is read to select here
+        tgt_test = evaluate(method, self.tgt, "test", TARGET, fmt)
+        logged = {"labelled_val_acc": round(lab_val["acc"], 5), "target_val_acc": round(tgt_val["acc"], 5),
+                  "target_val_im": round(tgt_val["im"], 5),
+                  # unrounded, so a pick from the log is the pick this run would make
+                  **{f"validator/{k}": v for k, v in scores.items() if k not in ("labelled_val", "last")},
+                  "steps_per_s": round(step / max(self.ctx.train_seconds, 1e-9), 2)}
+        if tgt_test is not None:
+            logged["oracle/target_test_acc"] = round(tgt_test["acc"], 5)
+        return logged
 
     def extra_state(self) -> dict[str, Any]:
         return {"best": self.best, "batch_rng": self.generator.get_state()}
