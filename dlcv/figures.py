@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from dlcv import checkpoint
-from dlcv.data.loaders import to_image_range, to_model_range
+from dlcv.data.loaders import to_model_range
 from dlcv.sampling import sample_gan, sample_vae
-from dlcv.viz import plot_curves, plot_tsne, save_captioned_rows, save_grid, save_strip
+from dlcv.viz import plot_curves, plot_tsne, plot_tsne_columns, save_captioned_rows, save_grid, save_strip
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,10 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
 
 
 @torch.no_grad()
-def domain_tsne(model: torch.nn.Module, source: tuple[torch.Tensor, torch.Tensor],
-                target: tuple[torch.Tensor, torch.Tensor], stem: str | Path, titles: tuple[str, str],
-                domain_names: list[str], seed: int = 0) -> list[Path]:
-    """The course's two adaptation figures: t-SNE of a UDA model's features on source and target digits, coloured
-    by class (<stem>_class.png) and by domain (<stem>_domain.png). source / target: (uint8 images, labels)."""
+@torch.no_grad()
+def _uda_features(model: torch.nn.Module, source: tuple[torch.Tensor, torch.Tensor],
+                  target: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, classes, domains) of source then target images ((uint8 images, labels) each) under `model`."""
     from dlcv.models.uda import SOURCE, TARGET, UDANet
 
     features, classes, domains = [], [], []
@@ -140,7 +139,24 @@ def domain_tsne(model: torch.nn.Module, source: tuple[torch.Tensor, torch.Tensor
         features.append(torch.cat([embed(x[i:i + 500]) for i in range(0, len(x), 500)]))
         classes.append(labels)
         domains.append(torch.full((len(x),), domain))
-    features = torch.cat(features).float()
-    return [plot_tsne(features, torch.cat(classes), f"{stem}_class.png", titles[0], seed=seed),
-            plot_tsne(features, torch.cat(domains), f"{stem}_domain.png", titles[1], label_names=domain_names,
-                      seed=seed)]
+    return torch.cat(features).float(), torch.cat(classes), torch.cat(domains)
+
+
+def domain_tsne(model: torch.nn.Module, source: tuple[torch.Tensor, torch.Tensor],
+                target: tuple[torch.Tensor, torch.Tensor], stem: str | Path, titles: tuple[str, str],
+                domain_names: list[str], seed: int = 0) -> list[Path]:
+    """The course's two adaptation figures: t-SNE of a UDA model's features on source and target digits, coloured
+    by class (<stem>_class.png) and by domain (<stem>_domain.png). source / target: (uint8 images, labels)."""
+    features, classes, domains = _uda_features(model, source, target)
+    return [plot_tsne(features, classes, f"{stem}_class.png", titles[0], seed=seed),
+            plot_tsne(features, domains, f"{stem}_domain.png", titles[1], label_names=domain_names, seed=seed)]
+
+
+def tsne_over_training(models: list[tuple[str, torch.nn.Module]], source: tuple[torch.Tensor, torch.Tensor],
+                       target: tuple[torch.Tensor, torch.Tensor], path: str | Path, domain_names: list[str],
+                       seed: int = 0) -> Path:
+    """How the features move while a UDA model trains: one column per (caption, model), e.g. snapshots at several
+    steps, each a t-SNE of the same source and target images, by class (top) and by domain (bottom)."""
+    sets = [_uda_features(model, source, target) for _, model in models]
+    return plot_tsne_columns([f for f, _, _ in sets], sets[0][1], sets[0][2], [c for c, _ in models], path,
+                             domain_names, seed=seed)

@@ -6,6 +6,7 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
     python scripts/uda_table.py --out runs/uda_table --report                                   # tables -> stdout + md
     python scripts/uda_table.py --out runs/uda_table --validators    # what each label-free selection rule picks
     python scripts/uda_table.py --data data --out runs/uda_table --tsne                         # seed-0 t-SNE PNGs
+    python scripts/uda_table.py --data data --out runs/uda_table --tsne-over-training dann_mnistm_to_usps_s0
     python scripts/uda_table.py --out runs/uda_table --ship checkpoints [--pairs mnist:usps]     # DANN + VADA ckpts
     python scripts/uda_table.py --data data --out runs/uda_table --methods refine --pairs mnist:mnistm  # stage 2:
         # DIRT-T-style refinement of each DANN run's final weights (--init; exported by --final --report)
@@ -440,6 +441,35 @@ def tsne(args: argparse.Namespace) -> None:
         print(f"wrote {stem}_class.png and {stem}_domain.png ({n} val images per domain)", flush=True)
 
 
+def tsne_over_training(args: argparse.Namespace) -> None:
+    """t-SNE of one table run's snapshots (train.snapshot_every) at up to --tsne-columns evenly spaced steps, on the
+    same source and target val images, in one PNG: <out>/tsne/<run>_over_training.png."""
+    import torch
+
+    from dlcv import checkpoint
+    from dlcv.data.digits import read_digits
+    from dlcv.figures import tsne_over_training as draw
+
+    name = args.tsne_over_training
+    folder = Path(args.out) / "runs" / name / "snapshots"
+    snapshots = sorted(folder.glob("step_*"))
+    if not snapshots:
+        raise SystemExit(f"{folder} holds no snapshots; train the run with --set=--train.snapshot_every=N first")
+    picked = [snapshots[round(i * (len(snapshots) - 1) / max(args.tsne_columns - 1, 1))]
+              for i in range(min(args.tsne_columns, len(snapshots)))]
+    picked = list(dict.fromkeys(picked))
+    cfg = checkpoint.read_config(picked[0])["run"]
+    source, target = cfg["data"]["domain"], cfg["data"]["target_domain"]
+    splits = [read_digits(args.data, d, "val") for d in (source, target)]
+    generator = torch.Generator().manual_seed(0)
+    n = min(args.tsne_per_domain, *(len(s) for s in splits))
+    idx = [torch.randperm(len(split), generator=generator)[:n] for split in splits]
+    models = [(f"step {int(p.name.removeprefix('step_')):,}", checkpoint.load(p)[0].eval()) for p in picked]
+    path = draw(models, *[(s.images[i], s.labels[i]) for s, i in zip(splits, idx)],
+                Path(args.out) / "tsne" / f"{name}_over_training.png", [f"source {source}", f"target {target}"])
+    print(f"wrote {path} ({len(models)} snapshots, {n} val images per domain)", flush=True)
+
+
 def ship(args: argparse.Namespace) -> None:
     """Copy, per pair (those of --pairs if given), the DANN, VADA and refinement run with the best *source*-val
     accuracy (never target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
@@ -489,6 +519,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(and write RESULTS_validators.md)")
     parser.add_argument("--tsne", action="store_true", help="t-SNE PNGs of the seed-0 runs")
     parser.add_argument("--tsne-per-domain", type=int, default=700)
+    parser.add_argument("--tsne-over-training", default="", metavar="RUN",
+                        help="one PNG of RUN's snapshots' t-SNE (train it with --set=--train.snapshot_every=N)")
+    parser.add_argument("--tsne-columns", type=int, default=4, help="snapshots in the --tsne-over-training figure")
     parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN, VADA and refine checkpoints to DIR")
     parser.add_argument("--final", action="store_true",
                         help="--report/--tsne/--ship use each run's final weights instead of its source-val-selected "
@@ -503,10 +536,12 @@ def main(argv: list[str] | None = None) -> None:
         return pack(args.data, args.pack)
     if args.unpack:
         unpack(args.unpack, args.data)
-    if not (args.report or args.tsne or args.ship or args.validators):
+    if not (args.report or args.tsne or args.ship or args.validators or args.tsne_over_training):
         train_all(args)
     if args.tsne:
         tsne(args)
+    if args.tsne_over_training:
+        tsne_over_training(args)
     if args.ship:
         ship(args)
     if args.report:

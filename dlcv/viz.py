@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -130,20 +131,21 @@ def save_strip(frames: list[torch.Tensor], captions: list[str], path: str | os.P
     return path
 
 
-def plot_tsne(features: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, title: str,
-              label_names: list[str] | None = None, seed: int = 0) -> Path:
-    """2-D t-SNE (scikit-learn, PCA init) of (N, D) features, one colour per integer label; e.g. labels = digit
-    class, or domain with label_names=["source", "target"]. Sub-sample beforehand to keep N to a few thousand."""
-    plt = _pyplot()
+def _tsne(features: torch.Tensor, seed: int) -> Any:
+    """(N, D) features -> (N, 2) t-SNE points (scikit-learn, PCA init, perplexity at most 30)."""
     from sklearn.manifold import TSNE
 
     x = features.detach().float().cpu().flatten(1).numpy()  # (N, ...) -> (N, D)
-    y = labels.detach().cpu().numpy().astype(int)
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+
+
+def _scatter(ax: Any, points: Any, labels: torch.Tensor, title: str, label_names: list[str] | None) -> None:
+    """Points coloured by integer label (tab10, or tab20 past ten labels), with a legend and no ticks."""
+    plt = _pyplot()
+    y = labels.detach().cpu().numpy().astype(int)
     classes = sorted(set(y.tolist()))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
     for i, c in enumerate(classes):
         keep = y == c
         name = label_names[c] if label_names is not None and c < len(label_names) else str(c)
@@ -152,6 +154,28 @@ def plot_tsne(features: torch.Tensor, labels: torch.Tensor, path: str | os.PathL
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+
+
+def plot_tsne(features: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike, title: str,
+              label_names: list[str] | None = None, seed: int = 0) -> Path:
+    """2-D t-SNE (scikit-learn, PCA init) of (N, D) features, one colour per integer label; e.g. labels = digit
+    class, or domain with label_names=["source", "target"]. Sub-sample beforehand to keep N to a few thousand."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    _scatter(ax, _tsne(features, seed), labels, title, label_names)
+    return _save_figure(fig, path)
+
+
+def plot_tsne_columns(features: list[torch.Tensor], classes: torch.Tensor, domains: torch.Tensor,
+                      titles: list[str], path: str | os.PathLike, domain_names: list[str], seed: int = 0) -> Path:
+    """One column per feature set (e.g. one model at several training steps; each its own t-SNE), coloured by class
+    in the top row and by domain in the bottom row; every set has the same N images, so classes / domains (N,)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(features), figsize=(3.6 * len(features), 7), dpi=110, squeeze=False)
+    for col, (feats, title) in enumerate(zip(features, titles)):
+        points = _tsne(feats, seed)
+        _scatter(axes[0, col], points, classes, f"{title}: by class", None)
+        _scatter(axes[1, col], points, domains, f"{title}: by domain", domain_names)
     return _save_figure(fig, path)
 
 

@@ -447,3 +447,19 @@ def test_uda_table_validator_report(tiny_digits, tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| mnistm → usps | DANN | 0 |")]
     assert len(rows) == 1 and rows[0].count("|") == 1 + 3 + 7 + 1  # 3 run cells, 6 rules + last, the oracle
     assert "mean gap to the oracle" in text and (tmp_path / "table" / "RESULTS_validators.md").is_file()
+
+
+def test_uda_table_tsne_over_training_draws_each_snapshot(tiny_digits, tmp_path):
+    import argparse
+
+    table = _uda_table()
+    args = argparse.Namespace(out=str(tmp_path / "table"), data=str(tiny_digits), device="cpu", steps={"*": 3},
+                              set=[*TINY[1:], "--train.snapshot_every=1"], final=False)
+    run = table.plan(argparse.Namespace(pairs="mnistm:usps", methods="dann", seeds="0", ablation="", data=""))[0]
+    train(apply_overrides(get_preset(run["preset"]), table.train_overrides(run, args)))
+    table.tsne_over_training(argparse.Namespace(**vars(args), tsne_over_training=run["name"], tsne_columns=2,
+                                                tsne_per_domain=12))
+    assert (tmp_path / "table" / "tsne" / f"{run['name']}_over_training.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="snapshot_every"):
+        table.tsne_over_training(argparse.Namespace(**vars(args), tsne_over_training="nope", tsne_columns=2,
+                                                    tsne_per_domain=12))
