@@ -14,6 +14,11 @@ from typing import Any, Literal
 # how a UDA checkpoint's weights were picked, never by target labels: labelled-domain val accuracy, a score of the
 # predictions on unlabelled target val (dlcv.validators: IM, entropy, SND, BNM), DEV, or the final weights
 SelectionRule = Literal["labelled_val", "target_im", "target_entropy", "target_snd", "target_bnm", "dev", "last"]
+SELECTION_NAMES = {"labelled_val": "labelled val accuracy", "target_im": "information maximisation on target val",
+                   "target_entropy": "prediction entropy on target val",
+                   "target_snd": "soft neighbourhood density (SND) on target val",
+                   "target_bnm": "batch nuclear norm (BNM) on target val",
+                   "dev": "deep embedded validation (DEV)", "last": "final weights"}
 
 FAMILY_OF_ARCHITECTURE = {"generator": "gan", "unet": "diffusion", "vae": "vae", "classifier": "classifier",
                           "uda_net": "uda"}

@@ -26,6 +26,7 @@ from dlcv import checkpoint, hub
 from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401
                           SMILING_CLASSIFIER, SMILING_GAN)
 from dlcv.data.loaders import to_model_range
+from dlcv.metadata import SELECTION_NAMES
 
 DIGIT_LABELS = [str(d) for d in range(10)]
 SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (dlcv.sampling.SAMPLERS)
@@ -483,8 +484,11 @@ UDA_COLUMNS = (("target_test_acc", "target test accuracy"), ("selected_by", "che
 
 def uda_rows(methods: dict[str, ModelInfo]) -> list[dict[str, Any]]:
     """One row per method of a pair: the shipped checkpoint's target test accuracy and how it was chosen."""
-    return [{"method": method, "checkpoint": info.name,
+    rows = [{"method": method, "checkpoint": info.name,
              **{name: info.metrics.get(key) for key, name in UDA_COLUMNS}} for method, info in methods.items()]
+    for row in rows:  # the rule's name, not its config key
+        row["checkpoint chosen by"] = SELECTION_NAMES.get(row["checkpoint chosen by"], row["checkpoint chosen by"])
+    return rows
 
 
 # ---------------------------------------------------------------- uploads and downloads

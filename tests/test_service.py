@@ -45,5 +45,5 @@ def test_uda_rows_name_the_one_accuracy_the_readme_shows():
                                     "selected_by": "labelled_val", "labelled_val_acc": 0.91875,
                                     "oracle_target_test_acc": 0.28103})
     (row,) = service.uda_rows({"source_only": info})
-    assert row["target test accuracy"] == 0.20854 and row["checkpoint chosen by"] == "labelled_val"
+    assert row["target test accuracy"] == 0.20854 and row["checkpoint chosen by"] == "labelled val accuracy"
     assert 0.1857 not in row.values()  # the last step's figure is not shown under a look-alike name
