@@ -471,9 +471,14 @@ def tsne_over_training(args: argparse.Namespace) -> None:
 
 
 def ship(args: argparse.Namespace) -> None:
-    """Copy, per pair (those of --pairs if given), the DANN, VADA and refinement run with the best *source*-val
-    accuracy (never target test; ties go to the lower seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
-    runs = table_runs(args, ADAPTED)
+    """Copy, per pair (those of --pairs if given) and method of --ship-methods (default: DANN and every improved
+    method), the run with the best *source*-val accuracy (never target test; ties go to the lower seed) to
+    <dir>/uda_<method>_<src>_to_<tgt>."""
+    methods = tuple(m for m in args.ship_methods.split(",") if m) if args.ship_methods else ADAPTED
+    unknown = sorted(set(methods) - set(ADAPTED))
+    if unknown:
+        raise SystemExit(f"--ship-methods {unknown}: only {list(ADAPTED)} are shipped")
+    runs = table_runs(args, methods)
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
@@ -522,7 +527,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tsne-over-training", default="", metavar="RUN",
                         help="one PNG of RUN's snapshots' t-SNE (train it with --set=--train.snapshot_every=N)")
     parser.add_argument("--tsne-columns", type=int, default=4, help="snapshots in the --tsne-over-training figure")
-    parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN, VADA and refine checkpoints to DIR")
+    parser.add_argument("--ship", default="", metavar="DIR", help="copy DANN and improved-method checkpoints to DIR")
+    parser.add_argument("--ship-methods", default="", help=f"with --ship: only these, e.g. assoc (of {list(ADAPTED)})")
     parser.add_argument("--final", action="store_true",
                         help="--report/--tsne/--ship use each run's final weights instead of its source-val-selected "
                              "ones (a label-free rule; for runs whose source val saturates, so its argmax is noise)")

@@ -463,3 +463,23 @@ def test_uda_table_tsne_over_training_draws_each_snapshot(tiny_digits, tmp_path)
     with pytest.raises(SystemExit, match="snapshot_every"):
         table.tsne_over_training(argparse.Namespace(**vars(args), tsne_over_training="nope", tsne_columns=2,
                                                     tsne_per_domain=12))
+
+
+def test_uda_table_ships_only_the_methods_asked_for(tiny_digits, tmp_path):
+    import argparse
+
+    table = _uda_table()
+    args = argparse.Namespace(out=str(tmp_path / "table"), data=str(tiny_digits), device="cpu", steps={"*": 2},
+                              set=TINY[1:], final=False, pairs="", ship=str(tmp_path / "ship"))
+    run = table.plan(argparse.Namespace(pairs="mnistm:usps", methods="dann", seeds="0", ablation="", data=""))[0]
+    ckpt = train(apply_overrides(get_preset(run["preset"]), table.train_overrides(run, args)))
+    (tmp_path / "table" / "results").mkdir(parents=True)
+    (tmp_path / "table" / "results" / f"{run['name']}.json").write_text(
+        json.dumps({**run, "returncode": 0, "metrics": checkpoint.read_config(ckpt)["metrics"], "checkpoint": str(ckpt)}))
+    table.write_summary(args)
+    table.ship(argparse.Namespace(**vars(args), ship_methods="assoc"))
+    assert not (tmp_path / "ship").exists()  # no associative-DA run: nothing to ship
+    table.ship(argparse.Namespace(**vars(args), ship_methods="dann"))
+    assert (tmp_path / "ship" / "uda_dann_mnistm_to_usps" / "config.json").is_file()
+    with pytest.raises(SystemExit, match="target_only"):
+        table.ship(argparse.Namespace(**vars(args), ship_methods="target_only"))
