@@ -367,7 +367,7 @@ def _sampling(document: dict, rest: list[str]):
 
 def cmd_fid_curve(args: argparse.Namespace, rest: list[str]) -> int:
     from dlcv import checkpoint
-    from dlcv.evaluate import EvalOptions, fid_curve
+    from dlcv.evaluate import EvalOptions, fid_curve, fit_fid_curve, hours_to
     from dlcv.viz import plot_fid_curve
 
     curves = {}
@@ -383,7 +383,18 @@ def cmd_fid_curve(args: argparse.Namespace, rest: list[str]) -> int:
             raise ValueError(f"--reference {folder} records no FID; measure it with python -m dlcv evaluate "
                              f"{folder} --record")
         references[Path(folder).name] = fid
-    print(f"wrote {plot_fid_curve(curves, references, args.out, tuple(args.target))}")
+    fits = {}
+    for name, records in curves.items():
+        fits[name] = fit_fid_curve(records)
+        if fits[name] is None:
+            print(f"{name}: fewer than 4 timed snapshots, no extrapolation", flush=True)
+            continue
+        a, b, c = fits[name]
+        reach = ", ".join(f"FID {t:g} at {hours:.1f} h" if hours is not None else f"FID {t:g} never (floor above it)"
+                          for t, hours in ((t, hours_to(fits[name], t)) for t in args.target))
+        print(f"{name}: fitted FID(h) = {a:.2f} + {b:.2f} h^-{c:.3f} (extrapolated: {reach or 'no --target'})",
+              flush=True)
+    print(f"wrote {plot_fid_curve(curves, references, args.out, tuple(args.target), fits)}")
     return 0
 
 

@@ -336,3 +336,28 @@ def fid_curve(run: str | os.PathLike, data: str | os.PathLike, options: EvalOpti
         with path.open("a") as f:
             f.write(json.dumps(done[step]) + "\n")
     return [done[k] for k in sorted(done)]
+
+
+def fit_fid_curve(records: list[dict]) -> tuple[float, float, float] | None:
+    """(a, b, c) of FID(h) = a + b h^-c fitted to a curve's {"train_hours", "fid"} records by least squares (scipy):
+    a power law falling towards a floor a. None with fewer than four points, where three parameters are not
+    determined. A guide for planning, not a measurement: it assumes the curve keeps its shape past the last point."""
+    import numpy as np
+    from scipy.optimize import curve_fit
+
+    points = sorted((r["train_hours"], r["fid"]) for r in records if r.get("train_hours"))
+    if len(points) < 4:
+        return None
+    h, fid = (np.array(v, dtype=float) for v in zip(*points))
+    try:
+        (a, b, c), _ = curve_fit(lambda t, a, b, c: a + b * t ** -c, h, fid, p0=(fid.min() * 0.8, fid[0] * h[0], 0.7),
+                                 bounds=([0.0, 0.0, 0.05], [fid.min(), np.inf, 4.0]), maxfev=20000)
+    except RuntimeError:  # no convergence
+        return None
+    return float(a), float(b), float(c)
+
+
+def hours_to(fit: tuple[float, float, float], target: float) -> float | None:
+    """Training hours at which the fitted curve reaches FID `target`; None when its floor a is at or above it."""
+    a, b, c = fit
+    return None if target <= a else (b / (target - a)) ** (1 / c)

@@ -61,15 +61,25 @@ def _pyplot():
 
 
 def plot_fid_curve(curves: dict[str, list[dict]], references: dict[str, float], path: str | os.PathLike,
-                   targets: tuple[float, ...] = ()) -> Path:
+                   targets: tuple[float, ...] = (), fits: dict[str, tuple[float, float, float] | None] | None = None,
+                   ) -> Path:
     """FID against training hours, one line per run ({"train_hours", "fid"} records), a dashed line per reference
-    model (its recorded FID) and a dotted one per target."""
-    plt = _pyplot()
+    model (its recorded FID), a dotted one per target and, per run in `fits`, its fitted a + b h^-c drawn on to where
+    it meets the lowest target (or to 4x the run's length), thin and dashed."""
+    import numpy as np
 
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     for label, records in curves.items():
         points = sorted((r["train_hours"], r["fid"]) for r in records)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=1.2, label=label)
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=1.2, label=label)
+        fit = (fits or {}).get(label)
+        if fit is not None and points:
+            a, b, c = fit
+            reach = [(b / (t - a)) ** (1 / c) for t in targets if t > a]
+            end = min(max(reach, default=4 * points[-1][0]), 20 * points[-1][0])
+            h = np.geomspace(points[0][0], max(end, points[-1][0]), 200)
+            ax.plot(h, a + b * h ** -c, ls="--", lw=0.8, color=line.get_color(), label=f"{label} fit (extrapolated)")
     for label, fid in references.items():
         ax.axhline(fid, ls="--", lw=1, color="grey")
         ax.annotate(f"{label}: {fid:.2f}", (0.99, fid), xycoords=("axes fraction", "data"), ha="right", va="bottom",

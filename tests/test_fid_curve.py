@@ -45,3 +45,14 @@ def test_a_reference_without_a_recorded_fid_is_refused_in_one_line(run, tmp_ckpt
                  "--reference", str(tmp_ckpt)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "records no FID" in err[0]
+
+
+def test_the_power_law_fit_recovers_its_parameters_and_the_hours_to_a_target():
+    from dlcv.evaluate import fit_fid_curve, hours_to
+
+    records = [{"train_hours": h, "fid": 15.0 + 30.0 * h ** -0.5} for h in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    a, b, c = fit_fid_curve(records)
+    assert abs(a - 15.0) < 0.05 and abs(b - 30.0) < 0.1 and abs(c - 0.5) < 0.01
+    assert abs(hours_to((a, b, c), 24.0) - (30.0 / 9.0) ** 2) < 0.05  # 15 + 30 h^-0.5 = 24 at h = 11.1
+    assert hours_to((a, b, c), 14.0) is None  # below the floor: never
+    assert fit_fid_curve(records[:3]) is None  # three points cannot fix three parameters
