@@ -388,6 +388,20 @@ def validator_report(args: argparse.Namespace) -> str:
     return text
 
 
+def write_into(path: str, block: str, text: str) -> None:
+    """Replace what lies between the lines `<!-- uda_table:BLOCK -->` and `<!-- /uda_table:BLOCK -->` of the markdown
+    file `path` (e.g. RESULTS.md) by text; the file is written whole or not at all (fileio.atomic_write_text)."""
+    from dlcv.fileio import atomic_write_text
+
+    begin, end = f"<!-- uda_table:{block} -->", f"<!-- /uda_table:{block} -->"
+    doc = Path(path).read_text()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise SystemExit(f"--into {path}: it needs one line {begin} and, below it, one line {end} around the table")
+    head, rest = doc.split(begin)
+    atomic_write_text(Path(path), head + begin + "\n" + text + end + rest.split(end, 1)[1])
+    print(f"wrote the {block} table into {path}", flush=True)
+
+
 def table_runs(args: argparse.Namespace, methods: tuple[str, ...]) -> list[dict]:
     """The finished table runs (not ablation) of `methods` in summary.json, those of --pairs only when it is given;
     with --final, each with the checkpoint and figures of its final weights (final_checkpoint)."""
@@ -522,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validators", action="store_true",
                         help="print what each label-free selection rule picks in every run's log, against the oracle "
                              "(and write RESULTS_validators.md)")
+    parser.add_argument("--into", default="", metavar="MD",
+                        help="with --report / --validators: also put the table into MD (e.g. RESULTS.md) between its "
+                             "<!-- uda_table:report --> (or validators) and <!-- /uda_table:... --> lines")
     parser.add_argument("--tsne", action="store_true", help="t-SNE PNGs of the seed-0 runs")
     parser.add_argument("--tsne-per-domain", type=int, default=700)
     parser.add_argument("--tsne-over-training", default="", metavar="RUN",
@@ -551,9 +568,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.ship:
         ship(args)
     if args.report:
-        print(report(args))
+        text = report(args)
+        print(text)
+        if args.into:
+            write_into(args.into, "report", text)
     if args.validators:
-        print(validator_report(args))
+        text = validator_report(args)
+        print(text)
+        if args.into:
+            write_into(args.into, "validators", text)
 
 
 if __name__ == "__main__":

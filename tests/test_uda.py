@@ -496,3 +496,15 @@ def test_svhn_pairs_train_on_a_stand_in(method, source, target, tiny_digits, tmp
     metrics = checkpoint.read_config(train(cfg, out=tmp_path / "ckpt"))["metrics"]
     assert (metrics["source"], metrics["target"], metrics["steps"]) == (source, target, 2)
     assert 0 <= metrics["target_test_acc"] <= 1
+
+
+def test_uda_table_writes_a_table_between_its_markers_only(tmp_path):
+    table = _uda_table()
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# R\n\nbefore\n<!-- uda_table:validators -->\nold table\n<!-- /uda_table:validators -->\nafter\n")
+    table.write_into(str(doc), "validators", "| new |\n")
+    assert doc.read_text() == ("# R\n\nbefore\n<!-- uda_table:validators -->\n| new |\n"
+                               "<!-- /uda_table:validators -->\nafter\n")
+    with pytest.raises(SystemExit, match="uda_table:report"):  # no markers: the file is left alone
+        table.write_into(str(doc), "report", "| x |\n")
+    assert "| new |" in doc.read_text()
