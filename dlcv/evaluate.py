@@ -310,7 +310,7 @@ CURVE_NAME = "fid_curve.jsonl"
 
 def fid_curve(run: str | os.PathLike, data: str | os.PathLike, options: EvalOptions | None = None) -> list[dict]:
     """FID/KID of every snapshot of a face GAN run (runs/<name>/snapshots/step_N), with the wall-clock training
-    hours at step N from its metrics.jsonl. Results are kept in runs/<name>/fid_curve.jsonl, so a later call measures
+    hours at step N from its metrics.jsonl (interpolated between log points). Results are kept in runs/<name>/fid_curve.jsonl, so a later call measures
     only the snapshots written since."""
     import json
 
@@ -322,7 +322,8 @@ def fid_curve(run: str | os.PathLike, data: str | os.PathLike, options: EvalOpti
     if (run / "metrics.jsonl").is_file():
         for line in (run / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
-            times[record["step"]] = record.get("time_s")
+            if record.get("time_s") is not None:
+                times[record["step"]] = record["time_s"]
     path = run / CURVE_NAME
     done = {r["step"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
     for folder in snapshots:
@@ -330,12 +331,24 @@ def fid_curve(run: str | os.PathLike, data: str | os.PathLike, options: EvalOpti
         if step in done:
             continue
         metrics = evaluate(folder, data, options)
-        seconds = times.get(step)
-        done[step] = {"step": step, "train_hours": None if seconds is None else round(seconds / 3600, 4),
-                      "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean")}
+        done[step] = {"step": step, "fid": metrics["fid"], "kid_mean": metrics.get("kid_mean")}
         with path.open("a") as f:
             f.write(json.dumps(done[step]) + "\n")
+    for step, record in done.items():  # hours from the log as it is now (a snapshot may fall between log points)
+        seconds = _time_at(times, step)
+        record["train_hours"] = None if seconds is None else round(seconds / 3600, 4)
     return [done[k] for k in sorted(done)]
+
+
+def _time_at(times: dict[int, float], step: int) -> float | None:
+    """Training seconds at `step` from the log's {step: time_s}, linear between the log points around it."""
+    if step in times:
+        return times[step]
+    before = max((s for s in times if s < step), default=None)
+    after = min((s for s in times if s > step), default=None)
+    if before is None or after is None:
+        return None
+    return times[before] + (times[after] - times[before]) * (step - before) / (after - before)
 
 
 def fit_fid_curve(records: list[dict]) -> tuple[float, float, float] | None:

@@ -1,4 +1,5 @@
-"""`python -m dlcv fid-curve`: every snapshot measured once (cached in fid_curve.jsonl), hours from metrics.jsonl,
+"""`python -m dlcv fid-curve`: every snapshot measured once (cached in fid_curve.jsonl), hours from metrics.jsonl
+(interpolated between log points),
 the figure written, and a reference without a recorded FID refused in one line."""
 
 import json
@@ -32,11 +33,14 @@ def test_each_snapshot_is_measured_once_and_the_figure_written(run, tmp_path, ca
     assert main(["fid-curve", str(folder), "--data", str(tmp_path), "--out", str(out), "--target", "24"]) == 0
     assert measured == ["step_000100", "step_000200"] and out.read_bytes()[:4] == b"\x89PNG"
     records = [json.loads(line) for line in (folder / "fid_curve.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["train_hours"], r["fid"]) for r in records] == [(100, 1.0, 49.0), (200, 2.0, 48.0)]
+    assert [(r["step"], r["fid"]) for r in records] == [(100, 49.0), (200, 48.0)]
+    assert "step 100: FID 49.00 at 1.0 h" in capsys.readouterr().out
     (folder / "snapshots" / "step_000300").mkdir()
+    (folder / "snapshots" / "step_000150").mkdir()  # between two log points: its hours are interpolated
     assert main(["fid-curve", str(folder), "--data", str(tmp_path), "--out", str(out)]) == 0
-    assert measured == ["step_000100", "step_000200", "step_000300"]  # only the new one
-    assert "step 300: FID 47.00 at None h" in capsys.readouterr().out
+    assert measured == ["step_000100", "step_000200", "step_000150", "step_000300"]  # only the new ones
+    printed = capsys.readouterr().out
+    assert "step 150: FID 47.00 at 1.5 h" in printed and "step 300: FID 46.00 at None h" in printed
 
 
 def test_a_reference_without_a_recorded_fid_is_refused_in_one_line(run, tmp_ckpt, tmp_path, capsys):
