@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--out", required=True, help="the PNG to write")
     curve.add_argument("--reference", nargs="*", default=[], help="checkpoints drawn as a line at their recorded FID")
     curve.add_argument("--target", type=float, nargs="*", default=[], help="FID targets drawn as dotted lines")
+    curve.add_argument("--floor", type=float, default=0.0,
+                       help="lowest asymptote the extrapolation may have: the FID of real images against the "
+                            "reference (13.23 for 1000 face/test vs face/val)")
     exp = sub.add_parser("export", help="copy a checkpoint (e.g. a run's snapshot) to a new folder, optionally with "
                                         "sampling defaults (--sampling.KEY=VALUE); the copy records this command")
     exp.add_argument("checkpoint")
@@ -385,7 +388,7 @@ def cmd_fid_curve(args: argparse.Namespace, rest: list[str]) -> int:
         references[Path(folder).name] = fid
     fits = {}
     for name, records in curves.items():
-        fits[name] = fit_fid_curve(records)
+        fits[name] = fit_fid_curve(records, args.floor)
         if fits[name] is None:
             print(f"{name}: fewer than 4 timed snapshots, no extrapolation", flush=True)
             continue

@@ -351,9 +351,10 @@ def _time_at(times: dict[int, float], step: int) -> float | None:
     return times[before] + (times[after] - times[before]) * (step - before) / (after - before)
 
 
-def fit_fid_curve(records: list[dict]) -> tuple[float, float, float] | None:
+def fit_fid_curve(records: list[dict], floor: float = 0.0) -> tuple[float, float, float] | None:
     """(a, b, c) of FID(h) = a + b h^-c fitted to a curve's {"train_hours", "fid"} records by least squares (scipy):
-    a power law falling towards a floor a. None with fewer than four points, where three parameters are not
+    a power law falling towards an asymptote a, kept at or above `floor` (the FID that real images score against the
+    reference; no model goes below it). None with fewer than four points, where three parameters are not
     determined. A guide for planning, not a measurement: it assumes the curve keeps its shape past the last point."""
     import numpy as np
     from scipy.optimize import curve_fit
@@ -363,8 +364,9 @@ def fit_fid_curve(records: list[dict]) -> tuple[float, float, float] | None:
         return None
     h, fid = (np.array(v, dtype=float) for v in zip(*points))
     try:
-        (a, b, c), _ = curve_fit(lambda t, a, b, c: a + b * t ** -c, h, fid, p0=(fid.min() * 0.8, fid[0] * h[0], 0.7),
-                                 bounds=([0.0, 0.0, 0.05], [fid.min(), np.inf, 4.0]), maxfev=20000)
+        (a, b, c), _ = curve_fit(lambda t, a, b, c: a + b * t ** -c, h, fid,
+                                 p0=(max(floor, fid.min() * 0.8), fid[0] * h[0], 0.7),
+                                 bounds=([floor, 0.0, 0.05], [max(fid.min(), floor + 1e-6), np.inf, 4.0]), maxfev=20000)
     except RuntimeError:  # no convergence
         return None
     return float(a), float(b), float(c)

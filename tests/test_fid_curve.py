@@ -60,3 +60,4 @@ def test_the_power_law_fit_recovers_its_parameters_and_the_hours_to_a_target():
     assert abs(hours_to((a, b, c), 24.0) - (30.0 / 9.0) ** 2) < 0.05  # 15 + 30 h^-0.5 = 24 at h = 11.1
     assert hours_to((a, b, c), 14.0) is None  # below the floor: never
     assert fit_fid_curve(records[:3]) is None  # three points cannot fix three parameters
+    assert fit_fid_curve(records, floor=18.0)[0] >= 18.0  # the asymptote is kept at or above the floor
