@@ -393,7 +393,10 @@ def cmd_fid_curve(args: argparse.Namespace, rest: list[str]) -> int:
             print(f"{name}: fewer than 4 timed snapshots, no extrapolation", flush=True)
             continue
         a, b, c = fits[name]
-        reach = ", ".join(f"FID {t:g} at {hours:.1f} h" if hours is not None else f"FID {t:g} never (floor above it)"
+        last = max(records, key=lambda r: r["step"])
+        pace = last["step"] / last["train_hours"]  # steps per hour so far
+        reach = ", ".join(f"FID {t:g} at {hours:.1f} h (~{hours * pace:,.0f} steps)" if hours is not None
+                          else f"FID {t:g} never (floor above it)"
                           for t, hours in ((t, hours_to(fits[name], t)) for t in args.target))
         print(f"{name}: fitted FID(h) = {a:.2f} + {b:.2f} h^-{c:.3f} (extrapolated: {reach or 'no --target'})",
               flush=True)
