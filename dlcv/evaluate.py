@@ -310,8 +310,8 @@ CURVE_NAME = "fid_curve.jsonl"
 
 def fid_curve(run: str | os.PathLike, data: str | os.PathLike, options: EvalOptions | None = None) -> list[dict]:
     """FID/KID of every snapshot of a face GAN run (runs/<name>/snapshots/step_N), with the wall-clock training
-    hours at step N from its metrics.jsonl (interpolated between log points). Results are kept in runs/<name>/fid_curve.jsonl, so a later call measures
-    only the snapshots written since."""
+    hours at step N from its metrics.jsonl (interpolated between log points). Results are kept in
+    runs/<name>/fid_curve.jsonl, so a later call measures only the snapshots written since."""
     import json
 
     run = Path(run)

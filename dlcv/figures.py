@@ -125,7 +125,6 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _uda_features(model: torch.nn.Module, source: tuple[torch.Tensor, torch.Tensor],
                   target: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features, classes, domains) of source then target images ((uint8 images, labels) each) under `model`."""

@@ -431,25 +431,34 @@ def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
     return {**run, "checkpoint": str(dest), "metrics": checkpoint.read_config(dest)["metrics"]}
 
 
+def val_sample(data: str, source: str, target: str, per_domain: int, generator) -> tuple[list[tuple], int]:
+    """Up to per_domain random val images of each domain, equal counts: ([(images, labels) of source, of target], n)."""
+    import torch
+
+    from dlcv.data.digits import read_digits
+
+    splits = [read_digits(data, d, "val") for d in (source, target)]
+    n = min(per_domain, *(len(s) for s in splits))
+    picks = [torch.randperm(len(split), generator=generator)[:n] for split in splits]
+    return [(s.images[i], s.labels[i]) for s, i in zip(splits, picks)], n
+
+
 def tsne(args: argparse.Namespace) -> None:
     """Seed-0 t-SNE of features on source and target val images (balanced: equal counts per domain), two PNGs per
     pair (those of --pairs if given) and method: coloured by class and by domain."""
     import torch
 
     from dlcv import checkpoint
-    from dlcv.data.digits import read_digits
     from dlcv.figures import domain_tsne
 
     runs = [r for r in table_runs(args, ("source_only", *ADAPTED)) if r["seed"] == 0]
     generator = torch.Generator().manual_seed(0)
     for r in runs:
         model, _ = checkpoint.load(r["checkpoint"])
-        splits = [read_digits(args.data, d, "val") for d in (r["source"], r["target"])]
-        n = min(args.tsne_per_domain, *(len(s) for s in splits))
-        picks = [torch.randperm(len(split), generator=generator)[:n] for split in splits]
+        domains, n = val_sample(args.data, r["source"], r["target"], args.tsne_per_domain, generator)
         stem = Path(args.out) / "tsne" / f"{r['method']}_{r['source']}_to_{r['target']}"
         title = f"{COLUMNS[r['method']]}: {r['source']} → {r['target']}"
-        domain_tsne(model, *[(s.images[i], s.labels[i]) for s, i in zip(splits, picks)], stem,
+        domain_tsne(model, *domains, stem,
                     (f"{title} (by class)", f"{title} (by domain)"),
                     [f"source {r['source']}", f"target {r['target']}"])
         print(f"wrote {stem}_class.png and {stem}_domain.png ({n} val images per domain)", flush=True)
@@ -461,7 +470,6 @@ def tsne_over_training(args: argparse.Namespace) -> None:
     import torch
 
     from dlcv import checkpoint
-    from dlcv.data.digits import read_digits
     from dlcv.figures import tsne_over_training as draw
 
     name = args.tsne_over_training
@@ -474,13 +482,10 @@ def tsne_over_training(args: argparse.Namespace) -> None:
     picked = list(dict.fromkeys(picked))
     cfg = checkpoint.read_config(picked[0])["run"]
     source, target = cfg["data"]["domain"], cfg["data"]["target_domain"]
-    splits = [read_digits(args.data, d, "val") for d in (source, target)]
-    generator = torch.Generator().manual_seed(0)
-    n = min(args.tsne_per_domain, *(len(s) for s in splits))
-    idx = [torch.randperm(len(split), generator=generator)[:n] for split in splits]
+    domains, n = val_sample(args.data, source, target, args.tsne_per_domain, torch.Generator().manual_seed(0))
     models = [(f"step {int(p.name.removeprefix('step_')):,}", checkpoint.load(p)[0].eval()) for p in picked]
-    path = draw(models, *[(s.images[i], s.labels[i]) for s, i in zip(splits, idx)],
-                Path(args.out) / "tsne" / f"{name}_over_training.png", [f"source {source}", f"target {target}"])
+    path = draw(models, *domains, Path(args.out) / "tsne" / f"{name}_over_training.png",
+                [f"source {source}", f"target {target}"])
     print(f"wrote {path} ({len(models)} snapshots, {n} val images per domain)", flush=True)
 
 

@@ -25,8 +25,8 @@ from dlcv import checkpoint
 from dlcv.config import RunConfig, TrainConfig, check_choice, from_dict, to_dict
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_model_range
-from dlcv.metadata import SelectionRule
 from dlcv.losses import association_losses, conditional_entropy, diversity_loss, domain_loss, vat_loss
+from dlcv.metadata import SelectionRule
 from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, GTADiscriminator, GTAGenerator, UDANet
@@ -603,9 +603,8 @@ def label_free_scores(method: SourceOnly, src: DomainData, tgt: DomainData, tgt_
     and BNM of its predictions on all target val images (tgt_val, from evaluate(..., scores=True)), and DEV from the
     first n source train, source val and target val images."""
     model = method.eval_model
-    val = "val" if "val" in tgt.splits else "train"
     src_train, src_val, tgt_x = (model_outputs(model, images[:n], domain) for images, domain in (
-        (src.splits["train"][0], SOURCE), (src.splits["val"][0], SOURCE), (tgt.splits[val][0], TARGET)))
+        (src.splits["train"][0], SOURCE), (src.splits["val"][0], SOURCE), (tgt.splits["val"][0], TARGET)))
     dev = dev_score(src_train.features, src_val.features, src_val.logits, src.splits["val"][1][:n], tgt_x.features)
     return {"target_im": tgt_val["im"], "target_entropy": -tgt_val["entropy"], "target_snd": tgt_val["snd"],
             "target_bnm": tgt_val["bnm"], "dev": dev}
