@@ -169,8 +169,8 @@ def vat_loss(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, log
     return F.kl_div(F.log_softmax(model(x + r_adv).float(), dim=1), p, reduction="batchmean")
 
 
-def association_losses(emb_src: torch.Tensor, emb_tgt: torch.Tensor,
-                       labels_src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def association_losses(emb_src: torch.Tensor, emb_tgt: torch.Tensor, labels_src: torch.Tensor,
+                       temperature: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_walker, L_visit) of associative domain adaptation (Haeusser et al. 2017, ICCV; the two losses of their
     "Learning by Association", CVPR 2017), whose A, B, P^{ab}, P^{aba} are written here with s = source, t = target.
     With similarities M = phi_s phi_t^T (N_s, N_t) of the embeddings, a step source -> target P^{st} = softmax over
@@ -179,13 +179,18 @@ def association_losses(emb_src: torch.Tensor, emb_tgt: torch.Tensor,
         class it left, to any sample of it; minimum mean_i log #{k: y_k = y_i}, where P^{sts} = T.
       L_visit = H(V, P^{visit}), P^{visit}_j = mean_i P^{st}_ij, V_j = 1 / N_t: every target sample should be
         visited, not only the easy ones; minimum log N_t.
-    H(q, p) = -sum_j q_j log p_j, averaged over the rows; log(p + 1e-8) as in the authors' code."""
+    H(q, p) = -sum_j q_j log p_j, averaged over the rows; log(p + 1e-8) as in the authors' code.
+    temperature > 0: M = cos(phi_s, phi_t) / temperature instead of the dot product, for embeddings whose norms make
+    the raw M so large that both softmaxes are one-hot (then L_walker sits near -log 1e-8 and passes no gradient)."""
     if emb_src.dim() != 2 or emb_tgt.dim() != 2 or emb_src.shape[1] != emb_tgt.shape[1]:
         raise ValueError(f"association_losses takes embeddings (N_s, D) and (N_t, D), got {tuple(emb_src.shape)} and "
                          f"{tuple(emb_tgt.shape)}")
     if labels_src.shape != (emb_src.shape[0],):
         raise ValueError(f"association_losses: labels_src must be ({emb_src.shape[0]},), got {tuple(labels_src.shape)}")
-    m = emb_src.float() @ emb_tgt.float().T  # (N_s, N_t)
+    emb_src, emb_tgt = emb_src.float(), emb_tgt.float()
+    if temperature > 0:
+        emb_src, emb_tgt = F.normalize(emb_src, dim=1) / temperature, F.normalize(emb_tgt, dim=1)
+    m = emb_src @ emb_tgt.T  # (N_s, N_t)
     p_st, p_ts = F.softmax(m, dim=1), F.softmax(m.T, dim=1)
     p_sts = p_st @ p_ts  # (N_s, N_s)
     same = (labels_src[:, None] == labels_src[None, :]).float()

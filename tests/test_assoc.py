@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dlcv import catalog, checkpoint
 from dlcv.config import apply_overrides
@@ -58,6 +59,21 @@ def test_gradients_reach_both_embeddings():
     assert emb_tgt.grad.abs().sum() > 0
 
 
+def test_cosine_similarities_ignore_the_embeddings_scale_and_stay_off_one_hot():
+    g = torch.Generator().manual_seed(1)
+    src, tgt, labels = torch.rand(8, 16, generator=g), torch.rand(6, 16, generator=g), torch.tensor([0, 1] * 4)
+    raw = association_losses(src * 100, tgt * 100, labels)
+    cos = association_losses(src * 100, tgt * 100, labels, temperature=0.1)
+    unit = association_losses(src, tgt, labels, temperature=0.1)
+    assert [v.item() for v in unit] == pytest.approx([v.item() for v in cos], rel=1e-5)
+    assert raw[0].item() > 5.0 > cos[0].item()  # dot products of norm-40 vectors: saturated, -log 1e-8 territory
+    manual = F.normalize(src, dim=1) @ F.normalize(tgt, dim=1).T / 0.1
+    p_sts = F.softmax(manual, 1) @ F.softmax(manual.T, 1)
+    same = (labels[:, None] == labels[None]).float()
+    walker = -((same / same.sum(1, keepdim=True)) * torch.log(p_sts + 1e-8)).sum(1).mean()
+    assert cos[0].item() == pytest.approx(walker.item(), rel=1e-5)
+
+
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"\(N_s, D\) and \(N_t, D\)"):
         association_losses(torch.randn(4, 3), torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
@@ -83,6 +99,20 @@ def test_assoc_weight_schedule_and_loss():
         (out["cls_loss"] + out["walker_loss"] + 0.5 * out["visit_loss"]).item(), rel=1e-5)
     with pytest.raises(KeyError, match="unknown method option"):
         UDA_METHODS["assoc"](method.model, {"visit": 0.5}, cfg.train)
+
+
+def test_assoc_augments_both_domains_only_when_asked(monkeypatch):
+    import dlcv.training.uda as uda
+
+    seen = []
+    monkeypatch.setattr(uda, "augment", lambda x, colour: seen.append((x.shape[0], colour)) or x.flip(0))
+    cfg = get_preset("uda_assoc")
+    net = UDANet(UDANetConfig(width=4, domain_bn=False, input_norm="instance"))
+    x = torch.rand(6, 3, 28, 28) * 2 - 1
+    UDA_METHODS["assoc"](net, cfg.method, cfg.train).update(x[:4], torch.tensor([0, 1, 2, 0]), x[4:])
+    assert seen == []
+    UDA_METHODS["assoc"](net, {"augment": True}, cfg.train).update(x[:4], torch.tensor([0, 1, 2, 0]), x[4:])
+    assert seen == [(4, False), (2, False)]
 
 
 def test_uda_assoc_preset_trains_two_steps_and_writes_a_loadable_checkpoint(tiny_digits, tmp_path):

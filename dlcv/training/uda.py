@@ -131,6 +131,12 @@ class AssocOptions(UDAOptions):
     # assoc_weight over as many steps again: the authors' linear envelope (delay 500, 1 step) is 0 up to step 500 and
     # full from step 1001, since their code adds the delay to the ramp's length
     assoc_delay: int = 500
+    # the authors train MNIST -> MNIST-M on randomly warped images: here `augment` (affine + noise) on both domains
+    augment: bool = False
+    colour_augment: bool = False  # with augment: also the intensity flip and per-channel gain/offset
+    # > 0: similarities are cosines / temperature (losses.association_losses); 0: the paper's dot products, which
+    # Ganin's network's 768 flattened features make one-hot (M's rows spread over ~500)
+    temperature: float = 0.0
 
 
 @dataclass
@@ -392,11 +398,13 @@ class Assoc(SourceOnly):
 
     def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         n = x_src.shape[0]
+        if self.hp.augment:
+            x_src, x_tgt = (augment(x, colour=self.hp.colour_augment) for x in (x_src, x_tgt))
         with self.precision.autocast():
             phi = self.model.trunk(torch.cat([x_src, x_tgt]), ((SOURCE, n), (TARGET, x_tgt.shape[0])))  # (2B, D)
             logits_src = self.model.head(phi[:n])
         cls_loss = F.cross_entropy(logits_src.float(), y_src)
-        walker, visit = association_losses(phi[:n], phi[n:], y_src)  # in float32
+        walker, visit = association_losses(phi[:n], phi[n:], y_src, self.hp.temperature)  # in float32
         weight = self.hp.assoc_weight * self.assoc_ramp()
         return {"loss": cls_loss + weight * (walker + self.hp.visit_weight * visit), "cls_loss": cls_loss.detach(),
                 "walker_loss": walker.detach(), "visit_loss": visit.detach(),
