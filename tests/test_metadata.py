@@ -129,6 +129,16 @@ def test_check_rebuild_catches_a_command_that_does_not_rebuild(tmp_path):
     assert metadata.check_rebuild(document)
 
 
+def test_check_rebuild_accepts_auto_input_norm_recorded_as_what_it_resolved_to():
+    document = json.loads((ROOT / "checkpoints" / "uda_assoc_usps_to_mnist" / "config.json").read_text())
+    assert document["run"]["model"]["input_norm"] == "instance"
+    command = document["rebuild"][0]
+    document["rebuild"] = [command.replace("--model.input_norm=instance", "--model.input_norm=auto")]
+    assert metadata.check_rebuild(document) == []
+    document["rebuild"] = [command.replace("--model.input_norm=instance", "--model.input_norm=grey")]
+    assert metadata.check_rebuild(document) == ["model.input_norm: recorded 'instance', the command gives 'grey'"]
+
+
 def test_training_command_is_recorded(tiny_run_cfg, tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
     overrides = [f"--data.root={tiny_run_cfg.data.root}", f"--train.out_dir={tmp_path / 'runs'}", "--train.steps=1",
