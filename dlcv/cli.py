@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "reconstructions, t-SNE, curves)")
     fig.add_argument("checkpoint")
     fig.add_argument("--out", required=True, help="folder for <checkpoint>_<figure>.png")
-    fig.add_argument("--data", default=None, help="data root for figures that need faces (VAE); default none")
+    fig.add_argument("--data", default=None,
+                     help="data root for figures that need data (VAE faces, UDA t-SNE digits); default none")
     fig.add_argument("--seed", type=seed_type, default=0)
     fig.add_argument("--metrics", default=None, help="the run's metrics.jsonl, for learning curves")
     fig.add_argument("--attribute", default="Male", help="attribute that colours the VAE t-SNE")

@@ -3,7 +3,8 @@
 - face GAN: a 32-face grid; Smiling ACGAN: also 10 pairs, each pair one z with Smiling off (top) and on (bottom);
 - digit generators: a 10x10 grid (rows = digits); diffusion: also the reverse process of the first "0";
 - VAE: test faces over their reconstructions with the per-image MSE, 32 samples, t-SNE of the latent means of val
-  faces coloured by an attribute (Male by default); learning curves when the run's metrics.jsonl is given.
+  faces coloured by an attribute (Male by default); learning curves when the run's metrics.jsonl is given;
+- UDA net: t-SNE of its features on 1,000 source and 1,000 target test digits, by class and by domain.
 
 Everything is seeded, so the same checkpoint and seed give the same figures.
 """
@@ -31,7 +32,7 @@ def write_figures(folder: str | Path, out: str | Path, data_root: str | Path | N
                   metrics: str | Path | None = None, attribute: str = "Male") -> list[Path]:
     """Write every figure that the checkpoint `folder` supports into `out` (named <folder>_<figure>.png); returns them.
 
-    Figures that need data (VAE reconstructions and t-SNE) are skipped with a log line when data_root is None.
+    Figures that need data (VAE reconstructions, every t-SNE) are skipped with a log line when data_root is None.
     """
     folder, out = Path(folder), Path(out)
     model, document = checkpoint.load(folder)
@@ -43,6 +44,8 @@ def write_figures(folder: str | Path, out: str | Path, data_root: str | Path | N
         written += diffusion_figures(model, document, out, name, seed)
     elif architecture == "vae":
         written += vae_figures(model, out, name, seed, data_root, attribute)
+    elif architecture == "uda_net":
+        written += uda_figures(model, document, out, name, seed, data_root)
     else:
         log.info("%s: no generation figures for a %s checkpoint", name, architecture)
     if metrics is not None:
@@ -122,6 +125,43 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
         log.info("%s: val faces carry no %r attribute; t-SNE skipped", name, attribute)
     return written
 
+
+
+def uda_figures(model: torch.nn.Module, document: dict, out: Path, name: str, seed: int,
+                data_root: str | Path | None, per_domain: int = 1000) -> list[Path]:
+    """The course's two adaptation figures of a UDA checkpoint: t-SNE of its features on up to `per_domain` seeded
+    random test digits (val where a domain has no test split) of its source and of its target, by class and by
+    domain."""
+    from dlcv.data.digits import read_digits
+
+    if data_root is None:
+        log.info("%s: t-SNE skipped (needs --data)", name)
+        return []
+    source, target = _uda_pair(document, name)
+    data_root, splits = Path(data_root), []
+    for domain in (source, target):
+        split = "test" if (data_root / "digits" / domain / "test.csv").is_file() else "val"
+        digits = read_digits(data_root, domain, split, image_size=model.config.image_size, resize=True)
+        keep = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed))[:per_domain]
+        splits.append((digits.images[keep], digits.labels[keep]))
+    out.mkdir(parents=True, exist_ok=True)
+    return domain_tsne(model, splits[0], splits[1], out / f"{name}_tsne",
+                       (f"{name}: features by digit", f"{name}: features by domain"),
+                       [f"source {source}", f"target {target}"], seed=seed)
+
+
+def _uda_pair(document: dict, name: str) -> tuple[str, str]:
+    """(source, target) of a UDA checkpoint: from the run config it records, else from its name."""
+    from dlcv.catalog import parse_uda_name
+
+    data = document.get("run", {}).get("data", {})
+    if data.get("domain") and data.get("target_domain"):
+        return data["domain"], data["target_domain"]
+    parsed = parse_uda_name(name)
+    if parsed is None:
+        raise ValueError(f"{name}: its config.json records no run and its name is not uda_<method>_<source>_to_"
+                         f"<target>; rename the folder so the t-SNE knows which domains to draw")
+    return parsed.source, parsed.target
 
 
 @torch.no_grad()

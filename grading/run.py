@@ -93,13 +93,12 @@ def checkpoint_path(name: str, root: Path) -> Path:
     return path
 
 
-def run_entry(entry: Entry, work: Callable[[Entry], None], quiet: bool = False) -> Entry:
+def run_entry(entry: Entry, work: Callable[[Entry], None]) -> Entry:
     """Run one entry's work, timing it; any exception becomes status 'failed' with a one-line message. One line
-    when it starts and one when it ends (`quiet`: none, for an attempt whose caller may retry another way)."""
+    when it starts and one when it ends."""
     start = time.perf_counter()
-    if not quiet:
-        ENTRY_COUNTER["done"] += 1
-        log.info("  [%d] %s ...", ENTRY_COUNTER["done"], entry.output)
+    ENTRY_COUNTER["done"] += 1
+    log.info("  [%d] %s ...", ENTRY_COUNTER["done"], entry.output)
     try:
         work(entry)
     except Skipped as err:
@@ -110,8 +109,7 @@ def run_entry(entry: Entry, work: Callable[[Entry], None], quiet: bool = False) 
         entry.status, entry.message = "failed", f"{type(err).__name__}: {err}"
         log.debug("%s failed:\n%s", entry.output, traceback.format_exc())
     entry.seconds = round(time.perf_counter() - start, 2)
-    if not quiet:
-        log.info("      %-40s %-7s %6.1f s  %s", entry.output, entry.status, entry.seconds, entry.message)
+    log.info("      %-40s %-7s %6.1f s  %s", entry.output, entry.status, entry.seconds, entry.message)
     return entry
 
 
@@ -154,8 +152,7 @@ def run_figures_command(checkpoint: Path, out: Path, data: Path, seed: int = 0) 
         raise RuntimeError(f"`python -m dlcv figures {checkpoint.name}` wrote no figure for this checkpoint")
 
 
-def figures_entry(name: str, rel: str, ctx: Context, needs: tuple[tuple[bool, str], ...] = (),
-                  quiet: bool = False) -> Entry:
+def figures_entry(name: str, rel: str, ctx: Context, needs: tuple[tuple[bool, str], ...] = ()) -> Entry:
     """Every figure of checkpoint `name` into OUT/rel; `needs` = ((present, what), ...) skips it without data."""
     def work(entry: Entry) -> None:
         for present, what in needs:
@@ -165,7 +162,7 @@ def figures_entry(name: str, rel: str, ctx: Context, needs: tuple[tuple[bool, st
         entry.seed = ctx.seed
         run_figures_command(path, ctx.out / rel, ctx.data, ctx.seed)
         entry.files = count_files(ctx.out / rel)
-    return run_entry(Entry(output=rel), work, quiet=quiet)
+    return run_entry(Entry(output=rel), work)
 
 
 # ---------------------------------------------------------------- parts
@@ -340,41 +337,9 @@ def part_adaptation(ctx: Context) -> list[Entry]:
         entries.append(run_entry(Entry(output=f"adaptation/{catalog.pair_name(source, target)}.csv"), work))
         rel = f"adaptation/figures/{path.name}"
         needs = ((has_source, source), (has_target, target))  # t-SNE of source and target features
-        figures = figures_entry(path.name, rel, ctx, needs, quiet=True)
-        ENTRY_COUNTER["done"] += 1
-        if figures.status == "failed":  # this dlcv's figures command draws no UDA t-SNE: draw it here
-            ENTRY_COUNTER["done"] -= 1  # run_entry counts the retry
-            figures = run_entry(Entry(output=rel), lambda e, s=source, t=target, p=path: uda_tsne(e, p, s, t, ctx))
-            if figures.status == "ok":
-                figures.message = "the figures command draws no t-SNE for this checkpoint; drew the t-SNE here"
-        else:
-            log.info("  [%d] %s ...\n      %-40s %-7s %6.1f s  %s", ENTRY_COUNTER["done"], rel, rel, figures.status,
-                     figures.seconds, figures.message)
+        figures = figures_entry(path.name, rel, ctx, needs)
         entries.append(figures)
     return entries
-
-
-def uda_tsne(entry: Entry, checkpoint: Path, source: str, target: str, ctx: Context, per_domain: int = 1000) -> None:
-    """t-SNE of the features of source and target test digits, coloured by class and by domain (the course's two
-    adaptation figures); up to `per_domain` images each, a seeded random subset."""
-    from dlcv.data.digits import read_digits
-    from dlcv.figures import domain_tsne
-
-    record_checkpoint(entry, checkpoint)
-    entry.seed = ctx.seed
-    model, _ = service.load(checkpoint)
-    size = model.config.image_size
-    splits = []
-    for domain in (source, target):
-        split = "test" if (ctx.data / "digits" / domain / "test.csv").is_file() else "val"
-        data = read_digits(ctx.data, domain, split, image_size=size, resize=True)
-        keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(ctx.seed))[:per_domain]
-        splits.append((data.images[keep], data.labels[keep]))
-    out = ctx.out / entry.output
-    domain_tsne(model, splits[0], splits[1], out / f"{checkpoint.name}_tsne",
-                (f"{checkpoint.name}: features by digit", f"{checkpoint.name}: features by domain"),
-                [f"source {source}", f"target {target}"], seed=ctx.seed)
-    entry.files = count_files(out)
 
 
 def _metrics(path: Path) -> dict[str, Any]:

@@ -290,6 +290,21 @@ def test_plot_tsne_writes_a_png(tmp_path):
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_figures_command_draws_a_uda_checkpoints_t_sne(tiny_digits, tmp_path, capsys):
+    net = UDANet(UDANetConfig(width=4, domain_bn=False, input_norm="instance"))
+    named = checkpoint.save(net, tmp_path / "uda_dann_mnistm_to_usps")  # no run recorded: the name gives the pair
+    assert main(["figures", str(named), "--out", str(tmp_path / "figs"), "--data", str(tiny_digits)]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["uda_dann_mnistm_to_usps_tsne_class.png",
+                                                                     "uda_dann_mnistm_to_usps_tsne_domain.png"]
+    assert main(["figures", str(named), "--out", str(tmp_path / "none")]) == 0  # no --data: skipped, not failed
+    assert not (tmp_path / "none").exists()
+    unnamed = checkpoint.save(net, tmp_path / "mine")
+    capsys.readouterr()
+    assert main(["figures", str(unnamed), "--out", str(tmp_path / "figs2"), "--data", str(tiny_digits)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rename the folder" in err[0]
+
+
 def _uda_table():
     from dlcv import uda_table
 
