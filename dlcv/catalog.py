@@ -52,10 +52,6 @@ def domain_in_path(path_parts: Iterable[str]) -> str | None:
 METHOD_SLOT = {"source_only": "lower", "dann": "dann", "vada": "improved", "refine": "improved", "assoc": "improved",
                "gta": "improved", "target_only": "upper"}
 METHODS = tuple(METHOD_SLOT)
-# how tables name each method
-METHOD_TITLES = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)",
-                 "refine": "DANN + refinement (ours)", "assoc": "associative DA", "gta": "GTA",
-                 "target_only": "target only"}
 # which method a pair ships (grading's and hw2_3's model), best first. Target-only reads target labels, and a method
 # missing here (assoc and gta, which have no measured row, or an unknown one) is unranked, so none of them is a
 # pair's model.

@@ -126,7 +126,6 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
     return written
 
 
-
 def uda_figures(model: torch.nn.Module, document: dict, out: Path, name: str, seed: int,
                 data_root: str | Path | None, per_domain: int = 1000) -> list[Path]:
     """The course's two adaptation figures of a UDA checkpoint: t-SNE of its features on up to `per_domain` seeded

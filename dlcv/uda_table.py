@@ -38,7 +38,9 @@ from dlcv.catalog import UDA_PAIRS as PAIRS  # svhn pairs only run when svhn is 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the training subprocesses run in
 
 METHODS = list(catalog.METHODS)
-COLUMNS = catalog.METHOD_TITLES
+COLUMNS = {"source_only": "source only", "dann": "DANN", "vada": "VADA + teacher (ours)",
+           "refine": "DANN + refinement (ours)", "assoc": "associative DA",
+           "gta": "GTA", "target_only": "target only"}
 # the methods with t-SNE figures, shipped checkpoints and an oracle column: DANN and the improved ones
 ADAPTED = tuple(m for m in catalog.METHODS if catalog.METHOD_SLOT[m] in ("dann", "improved"))
 # ablation of the improved method: name -> (preset method, overrides); each row switches one part off
