@@ -175,7 +175,7 @@ PRESETS.update({
     # Its final weights are shipped: it starts where source val has saturated, so source val cannot rank its steps
     "uda_refine": _uda("refine", domain_bn=False, select="last"),
     # associative DA (Haeusser et al. 2017): a walk source -> target -> source through feature similarities must keep
-    # its class; one shared BN, as uda_dann
+    # its class; one shared BN, as uda_dann; both domains augmented (AssocOptions; --method.augment=false: plain)
     "uda_assoc": _uda("assoc", domain_bn=False),
     # Generate to Adapt (Sankaranarayanan et al. 2018): a generator of source-like images from both domains' features;
     # the grid of target digits beside their source-like images is written every 1,000 steps (runs/uda_gta/samples)

@@ -101,7 +101,7 @@ def test_assoc_weight_schedule_and_loss():
         UDA_METHODS["assoc"](method.model, {"visit": 0.5}, cfg.train)
 
 
-def test_assoc_augments_both_domains_only_when_asked(monkeypatch):
+def test_assoc_augments_both_domains_unless_switched_off(monkeypatch):
     import dlcv.training.uda as uda
 
     seen = []
@@ -110,9 +110,13 @@ def test_assoc_augments_both_domains_only_when_asked(monkeypatch):
     net = UDANet(UDANetConfig(width=4, domain_bn=False, input_norm="instance"))
     x = torch.rand(6, 3, 28, 28) * 2 - 1
     UDA_METHODS["assoc"](net, cfg.method, cfg.train).update(x[:4], torch.tensor([0, 1, 2, 0]), x[4:])
-    assert seen == []
-    UDA_METHODS["assoc"](net, {"augment": True}, cfg.train).update(x[:4], torch.tensor([0, 1, 2, 0]), x[4:])
+    assert seen == [(4, True), (2, True)]  # the preset: geometric + colour augmentation of both domains
+    seen.clear()
+    UDA_METHODS["assoc"](net, {"colour_augment": False}, cfg.train).update(x[:4], torch.tensor([0, 1, 2, 0]), x[4:])
     assert seen == [(4, False), (2, False)]
+    seen.clear()
+    UDA_METHODS["assoc"](net, {"augment": False}, cfg.train).update(x[:4], torch.tensor([0, 1, 2, 0]), x[4:])
+    assert seen == []
 
 
 def test_uda_assoc_preset_trains_two_steps_and_writes_a_loadable_checkpoint(tiny_digits, tmp_path):
