@@ -236,26 +236,18 @@ def _text(value: Any) -> str:
 
 def run_differences(run: Any, resolved: Any) -> dict[str, tuple[Any, Any]]:
     """{field: (recorded, resolved)} for every run field (dotted) in which two RunConfigs (or their dicts) differ,
-    PLACE_FIELDS and train.steps aside (check_rebuild compares steps with trained_steps)."""
+    PLACE_FIELDS and train.steps aside (check_rebuild compares steps with trained_steps). Methods are compared with
+    every option filled in (training.common.recorded_method), so a default changed after a run shows."""
     from dlcv.config import RunConfig, from_dict, to_dict
+    from dlcv.training.common import recorded_method
 
     def normal(cfg: Any) -> dict[str, Any]:
-        return _flat(to_dict(from_dict(RunConfig, cfg) if isinstance(cfg, dict) else cfg))
+        return _flat({**to_dict(from_dict(RunConfig, cfg) if isinstance(cfg, dict) else cfg),
+                      "method": recorded_method(cfg)})
 
     a, b = normal(run), normal(resolved)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in PLACE_FIELDS and k != "train.steps" and _text(a.get(k)) != _text(b.get(k))}
-
-
-def run_overrides(run: dict[str, Any], preset: str) -> list[str]:
-    """`--key=value` overrides that turn `preset` into the recorded `run` (PLACE_FIELDS left out)."""
-    from dlcv.config import RunConfig, from_dict, to_dict
-    from dlcv.presets import get_preset
-
-    recorded = _flat(to_dict(from_dict(RunConfig, run)))
-    have = _flat(to_dict(get_preset(preset)))
-    return [f"--{k}={_text(v)}" for k, v in recorded.items()
-            if k not in PLACE_FIELDS and k not in ("family", "architecture") and _text(have.get(k)) != _text(v)]
 
 
 def check_rebuild(document: dict[str, Any]) -> list[str]:

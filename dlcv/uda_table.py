@@ -117,7 +117,7 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
 
     from dlcv.config import apply_overrides, to_dict
     from dlcv.presets import get_preset
-    from dlcv.training.common import STATE_NAME, run_dir
+    from dlcv.training.common import STATE_NAME, recorded_method, run_dir
 
     cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
     path = run_dir(cfg) / STATE_NAME
@@ -128,6 +128,7 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
     except (RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError):  # unreadable: --fresh replaces it
         return False
     now = to_dict(cfg)
+    saved["method"], now["method"] = recorded_method(saved), recorded_method(cfg)  # every option, defaults too
     if now["model"].get("input_norm") == "auto":  # stored as what it resolved to (from the domains, compared below)
         now["model"]["input_norm"] = saved["model"].get("input_norm")
     for config in (saved, now):  # stored as what ran (train.amp="auto" -> "bf16"): speed, not the schedule

@@ -106,3 +106,17 @@ def test_gta_fills_the_improved_slot_but_is_never_shipped():
     assert catalog.METHOD_SLOT["gta"] == "improved"
     pair = catalog.uda_pairs(["uda_gta_mnistm_to_usps", "uda_dann_mnistm_to_usps"])[("mnistm", "usps")]
     assert pair.slot("improved") == ["gta"] and pair.shipped == "uda_dann_mnistm_to_usps"
+
+
+def test_gta_augments_both_domains_only_when_asked(monkeypatch):
+    from dlcv.training import uda
+
+    seen = []
+    monkeypatch.setattr(uda, "augment", lambda x, colour: seen.append((x.shape[0], colour)) or x.flip(0))
+    gta().update(*batch())
+    assert seen == []  # the preset trains on the images as they are
+    gta(augment=True).update(*batch())
+    assert seen == [(6, True), (6, True)]  # source and target, geometric + colour
+    seen.clear()
+    gta(augment=True, colour_augment=False).update(*batch())
+    assert seen == [(6, False), (6, False)]

@@ -148,3 +148,8 @@ def test_training_command_is_recorded(tiny_run_cfg, tmp_path, monkeypatch):
     document = checkpoint.read_config(out)
     assert document["rebuild"] == [metadata.train_command("classifier_digits", overrides, str(out))]
     assert metadata.check_rebuild(document) == []
+    # the run records every method option, those the preset leaves at their default too, so a default changed
+    # later no longer matches the record
+    assert document["run"]["method"] == {"label_smoothing": 0.0}
+    document["run"]["method"]["label_smoothing"] = 0.1
+    assert metadata.check_rebuild(document) == ["method.label_smoothing: recorded 0.1, the command gives 0.0"]

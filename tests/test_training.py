@@ -54,6 +54,22 @@ def test_resume_refuses_a_different_model(tiny_run_cfg, tmp_path):
         train(wider, out=tmp_path / "b")
 
 
+def test_resume_compares_every_method_option_and_reads_older_partial_records(tiny_run_cfg, tmp_path):
+    train(tiny_run_cfg, out=tmp_path / "a")
+    path = run_dir(tiny_run_cfg) / STATE_NAME
+    state = torch.load(path, weights_only=True)
+    assert state["config"]["method"] == {"label_smoothing": 0.0}  # the default, recorded though the preset is silent
+    longer = apply_overrides(tiny_run_cfg, ["--train.steps=3"])
+    state["config"]["method"] = {"label_smoothing": 0.1}  # as if the default had been 0.1 when it saved
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match="different method config"):
+        train(longer, out=tmp_path / "b")
+    state["config"]["method"] = {}  # a state that records only the options its run set resumes as before
+    torch.save(state, path)
+    train(longer, out=tmp_path / "b")
+    assert torch.load(path, weights_only=True)["step"] == 3
+
+
 def test_out_may_not_replace_the_run_folder(tiny_run_cfg, tmp_path):
     train(tiny_run_cfg, out=tmp_path / "a")
     before = sorted(p.name for p in run_dir(tiny_run_cfg).iterdir())

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from dlcv import checkpoint
-from dlcv.config import from_dict, to_dict
+from dlcv.config import from_dict
 from dlcv.data.loaders import load_split, to_model_range
 from dlcv.metrics import accuracy, predict_logits
 from dlcv.models import build_model
-from dlcv.training.common import run_dir
+from dlcv.training.common import run_dir, run_record
 from dlcv.training.engine import Algorithm, Context
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Classifier(Algorithm):
         if val_acc > self.best:
             self.best = val_acc
             if self.ctx.main:
-                checkpoint.save(self.model, self.best_dir, {"run": to_dict(self.cfg), "step": step})
+                checkpoint.save(self.model, self.best_dir, {"run": run_record(self.cfg), "step": step})
         return {"val_acc": round(val_acc, 5)}
 
     def extra_state(self) -> dict[str, Any]:
@@ -115,6 +115,6 @@ class Classifier(Algorithm):
             result["test_accuracy"] = accuracy(predict_logits(model, x_test, device=device).argmax(1), y_test)
         except ValueError as err:  # course hw2_data has no test split
             log.info("no test split measured: %s", err)
-        checkpoint.save(model, out, {"run": to_dict(cfg), "metrics": {k: round(v, 5) for k, v in result.items()}})
+        checkpoint.save(model, out, {"run": run_record(cfg), "metrics": {k: round(v, 5) for k, v in result.items()}})
         log.info("%s: %s", cfg.name, result)
         return out

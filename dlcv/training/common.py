@@ -35,6 +35,28 @@ class Deadline:
         return self.end is not None and time.monotonic() >= self.end
 
 
+def run_record(cfg: RunConfig) -> dict[str, Any]:
+    """The `run` a checkpoint's config.json records: to_dict(cfg) with cfg.method resolved to every option of its
+    family's dataclass, defaults included, so the record says what trained it after a default changes."""
+    from dlcv.training import method_config  # lazy: the families import this module
+
+    return {**to_dict(cfg), "method": to_dict(method_config(cfg))}
+
+
+def recorded_method(run: dict[str, Any] | RunConfig) -> dict[str, Any]:
+    """The method section of a run (a config, or a record of any age) as run_record writes it, for comparing: a
+    record holding only the options its run set is filled in with the defaults; one that no longer parses (an option
+    since removed) is returned as recorded."""
+    from dlcv.config import from_dict
+    from dlcv.training import method_config
+
+    try:
+        cfg = from_dict(RunConfig, run) if isinstance(run, dict) else run
+        return to_dict(method_config(cfg))
+    except (KeyError, ValueError, TypeError):
+        return dict(run["method"] if isinstance(run, dict) else run.method)
+
+
 def snapshot_dir(cfg: RunConfig, step: int) -> Path:
     """runs/<name>/snapshots/step_<n>: the shippable model after n steps (train.snapshot_every)."""
     return run_dir(cfg) / "snapshots" / f"step_{step:06d}"
@@ -79,7 +101,7 @@ class MetricLog:
 
 def save_state(cfg: RunConfig, step: int, modules: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Atomically write runs/<name>/state.pt: step, config, every module/optimizer state dict, torch RNG."""
-    state = {"step": step, "config": to_dict(cfg), "rng": torch.get_rng_state(),
+    state = {"step": step, "config": run_record(cfg), "rng": torch.get_rng_state(),
              "modules": {k: m.state_dict() for k, m in modules.items()}, "extra": extra or {}}
     atomic_torch_save(state, run_dir(cfg) / STATE_NAME)
 
@@ -117,6 +139,8 @@ def load_state(cfg: RunConfig, modules: dict[str, Any]) -> tuple[int, dict[str, 
     saved, now = state["config"], to_dict(cfg)
     for config in (saved, now):  # data.root is where the data is, not what it is: a run may move to another machine
         config.get("data", {}).pop("root", None)
+    if not branching:  # compared with every option filled in, so a default changed since the save is caught
+        saved["method"], now["method"] = recorded_method(state["config"]), recorded_method(cfg)
     for section in ("architecture", "model", "data") + (() if branching else ("method",)):
         if saved.get(section) != now.get(section):
             if branching:

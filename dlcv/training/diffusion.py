@@ -18,6 +18,7 @@ from dlcv.diffusion import NoiseSchedule, ScheduleConfig, q_sample
 from dlcv.metadata import SamplingConfig
 from dlcv.models import build_model
 from dlcv.sampling import sample_diffusion
+from dlcv.training.common import run_record
 from dlcv.training.engine import Algorithm, Context
 
 
@@ -110,5 +111,5 @@ class Diffusion(Algorithm):
         from dlcv import checkpoint
 
         network, meta = self.shipped()
-        return checkpoint.save(network, out, {"schedule": meta["schedule"], "run": to_dict(self.cfg),
+        return checkpoint.save(network, out, {"schedule": meta["schedule"], "run": run_record(self.cfg),
                                               "sampling": meta["sampling"]})

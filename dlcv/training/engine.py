@@ -36,8 +36,8 @@ from dlcv.config import RunConfig, TrainConfig, to_dict
 from dlcv.data.loaders import to_image_range
 from dlcv.precision import Choice
 from dlcv.runtime import pick_device, seed_everything, set_deterministic
-from dlcv.training.common import (EMA, STATE_NAME, Deadline, MetricLog, every, load_state, run_dir, save_state,
-                                  snapshot_dir)
+from dlcv.training.common import (EMA, STATE_NAME, Deadline, MetricLog, every, load_state, run_dir, run_record,
+                                  save_state, snapshot_dir)
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ class Algorithm:
     def export(self, out: Path, done: int) -> Path:
         """Write the final checkpoint after `done` steps (rank 0 only)."""
         module, meta = self.shipped()
-        return checkpoint.save(module, out, {"run": to_dict(self.cfg), "trained_steps": done, **meta})
+        return checkpoint.save(module, out, {"run": run_record(self.cfg), "trained_steps": done, **meta})
 
 
 def epoch_batches(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int, rank: int, world: int,
@@ -587,7 +587,7 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
             if every(step, train.snapshot_every) and ctx.main:
                 module, meta = algo.shipped()
                 checkpoint.save(module, snapshot_dir(cfg, step + 1),
-                                {"run": to_dict(cfg), "trained_steps": step + 1, **meta})
+                                {"run": run_record(cfg), "trained_steps": step + 1, **meta})
             if (every(step, train.save_every) or last) and ctx.main:
                 save_state(cfg, step + 1, modules, {**algo.extra_state(), "train_time": ctx.train_seconds,
                                                     "precision": ctx.precision.choice.to_dict()})

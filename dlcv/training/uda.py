@@ -30,7 +30,7 @@ from dlcv.metadata import SelectionRule
 from dlcv.models import build_model
 from dlcv.models.blocks import grad_reverse
 from dlcv.models.uda import SOURCE, TARGET, GTADiscriminator, GTAGenerator, UDANet
-from dlcv.training.common import ema_copy, load_state, run_dir
+from dlcv.training.common import ema_copy, load_state, run_dir, run_record
 from dlcv.training.engine import Algorithm, Context, Precision, choose_precision, start
 from dlcv.validators import bnm_score, dev_score, entropy_score, im_score, model_outputs, snd_score
 
@@ -152,6 +152,9 @@ class GTAOptions(UDAOptions):
     gan_beta1: float = 0.8
     z_dim: int = 512
     gan_width: int = 64
+    # `augment` (affine + noise) of both domains' images before F and D, as associative DA's preset does
+    augment: bool = False
+    colour_augment: bool = True  # with augment: also the intensity flip and per-channel gain/offset
 
 
 def parse_options(cls: type, hparams: dict[str, Any] | UDAOptions, method: str) -> Any:
@@ -444,6 +447,8 @@ class GTA(SourceOnly):
 
     def update(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         gen, disc, n, hp = self.extra["generator"], self.extra["discriminator"], x_src.shape[0], self.hp
+        if hp.augment:
+            x_src, x_tgt = (augment(x, colour=hp.colour_augment) for x in (x_src, x_tgt))
         code = torch.cat([y_src, torch.full((x_tgt.shape[0],), gen.num_classes, device=y_src.device)])
         with self.precision.autocast():
             phi = self.model.trunk(torch.cat([x_src, x_tgt]), ((SOURCE, n), (TARGET, x_tgt.shape[0])))  # (2B, D)
@@ -785,7 +790,7 @@ def _finish(cfg: RunConfig, method: SourceOnly, src: DomainData, tgt: DomainData
     result["selected_by"] = select
     result["labelled_val_acc"] = evaluate(method, labelled, "val", method.labelled_domain, fmt)["acc"]
     result = {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
-    checkpoint.save(final.to(memory_format=torch.contiguous_format), out, {"run": to_dict(cfg), "metrics": result})
+    checkpoint.save(final.to(memory_format=torch.contiguous_format), out, {"run": run_record(cfg), "metrics": result})
     log.info("%s: %s -> %s", cfg.name, result, out)
     return Path(out)
 

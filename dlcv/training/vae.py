@@ -16,6 +16,7 @@ from dlcv.losses import vae_loss
 from dlcv.metrics import reconstruction_mse
 from dlcv.models import build_model
 from dlcv.sampling import sample_vae
+from dlcv.training.common import run_record
 from dlcv.training.engine import Algorithm, Context
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,6 @@ class VAETrainer(Algorithm):
 
     def export(self, out, done: int):
         from dlcv import checkpoint
-        from dlcv.config import to_dict
 
-        return checkpoint.save(self.model, out, {"run": to_dict(self.cfg), "trained_steps": done,
+        return checkpoint.save(self.model, out, {"run": run_record(self.cfg), "trained_steps": done,
                                                  "metrics": self.scores})
