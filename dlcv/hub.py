@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from dlcv.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load, read_config
-from dlcv.config import to_dict
 
 HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]  # what push uploads and pull downloads, nothing else
 
@@ -88,6 +87,7 @@ def _train_command(run: dict[str, Any]) -> tuple[str | None, str | None]:
     import shlex
 
     from dlcv.presets import PRESETS
+    from dlcv.training.common import run_record  # a preset's method with every option, as a run records it
 
     def flat(value: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
@@ -105,7 +105,7 @@ def _train_command(run: dict[str, Any]) -> tuple[str | None, str | None]:
     candidates = {}
     for preset, cfg in PRESETS.items():
         if (cfg.family, cfg.architecture) == (run.get("family"), run.get("architecture")):
-            have = flat({k: v for k, v in to_dict(cfg).items() if k not in ("family", "architecture")})
+            have = flat({k: v for k, v in run_record(cfg).items() if k not in ("family", "architecture")})
             candidates[preset] = {k: v for k, v in wanted.items() if k not in have or text(have[k]) != text(v)}
     if not candidates:
         return None, None

@@ -15,6 +15,7 @@ from dlcv.cli import main
 from dlcv.config import apply_overrides, to_dict
 from dlcv.models.classifier import Classifier, ClassifierConfig
 from dlcv.presets import get_preset
+from dlcv.training.common import run_record
 
 from hub_server import HubServer
 
@@ -63,7 +64,7 @@ def test_model_card_states_data_metrics_and_a_command_that_rebuilds_the_run(tmp_
                                                             "--train.steps=7", "--data.domain=usps"])
     metrics = {"val_accuracy": 0.5, "test_accuracy": 0.25}
     folder = checkpoint.save(Classifier(ClassifierConfig(kind="convnet", width=4)), tmp_path / "ckpt",
-                      {"run": to_dict(run), "metrics": metrics})
+                      {"run": run_record(run), "metrics": metrics})
     card = hub.model_card(folder, "org/digits_small")
     assert front_matter(card)["datasets"] == ["usps"]
     assert "| val_accuracy | 0.5 |" in card and "| test_accuracy | 0.25 |" in card

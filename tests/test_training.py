@@ -70,6 +70,16 @@ def test_resume_compares_every_method_option_and_reads_older_partial_records(tin
     assert torch.load(path, weights_only=True)["step"] == 3
 
 
+def test_recorded_method_reads_only_family_and_method():
+    from dlcv.training.common import recorded_method
+
+    # another section that no longer parses does not spoil the method; a method that does not is kept as recorded
+    assert recorded_method({"family": "classifier", "train": {"gone": 1}, "method": {}}) == {"label_smoothing": 0.0}
+    assert recorded_method({"family": "classifier", "method": {"gone": 1}}) == {"gone": 1}
+    assert recorded_method({"family": "gan", "method": {"diffaugment": 3}}) == {"diffaugment": 3}
+    assert recorded_method({"family": "classifier"}) == {"label_smoothing": 0.0}
+
+
 def test_out_may_not_replace_the_run_folder(tiny_run_cfg, tmp_path):
     train(tiny_run_cfg, out=tmp_path / "a")
     before = sorted(p.name for p in run_dir(tiny_run_cfg).iterdir())

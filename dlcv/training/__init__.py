@@ -12,7 +12,7 @@ from dlcv.training.common import run_dir
 from dlcv.training.diffusion import Diffusion, DiffusionMethod
 from dlcv.training.engine import Algorithm, fit
 from dlcv.training.gan import GAN, GANMethod
-from dlcv.training.uda import UDA, UDA_METHODS, method_options, parse_options
+from dlcv.training.uda import UDA, UDA_METHODS, UDAOptions, parse_options
 from dlcv.training.vae import VAEMethod, VAETrainer
 
 FAMILIES: dict[str, type[Algorithm]] = {
@@ -33,12 +33,17 @@ METHODS: dict[str, type] = {  # each family's cfg.method dataclass (UDA's depend
 
 def method_config(cfg: RunConfig) -> Any:
     """cfg.method as its family's typed dataclass; an unknown key or a bad value raises naming it."""
-    if cfg.family == "uda":
-        name = method_options(cfg)[0]
+    return parse_method(cfg.family, cfg.method)
+
+
+def parse_method(family: str, method: dict[str, Any]) -> Any:
+    """A method section (a config's, or one a run recorded) as `family`'s typed dataclass."""
+    if family == "uda":
+        name = method.get("name", UDAOptions.name)
         if name not in UDA_METHODS:
             raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
-        return parse_options(UDA_METHODS[name].Options, dict(cfg.method), UDA_METHODS[name].__name__)
-    return from_dict(METHODS[cfg.family], dict(cfg.method))
+        return parse_options(UDA_METHODS[name].Options, dict(method), UDA_METHODS[name].__name__)
+    return from_dict(METHODS[family], dict(method))
 
 
 def train(cfg: RunConfig, out: str | Path | None = None, fresh: bool = False) -> Path:

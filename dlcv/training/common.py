@@ -46,15 +46,17 @@ def run_record(cfg: RunConfig) -> dict[str, Any]:
 def recorded_method(run: dict[str, Any] | RunConfig) -> dict[str, Any]:
     """The method section of a run (a config, or a record of any age) as run_record writes it, for comparing: a
     record holding only the options its run set is filled in with the defaults; one that no longer parses (an option
-    since removed) is returned as recorded."""
-    from dlcv.config import from_dict
-    from dlcv.training import method_config
+    since removed) is returned as recorded. Only family and method are read, so other sections cannot spoil it."""
+    from dlcv.training import parse_method
 
+    if isinstance(run, dict):
+        family, method = run.get("family", ""), run.get("method") or {}
+    else:
+        family, method = run.family, run.method
     try:
-        cfg = from_dict(RunConfig, run) if isinstance(run, dict) else run
-        return to_dict(method_config(cfg))
-    except (KeyError, ValueError, TypeError):
-        return dict(run["method"] if isinstance(run, dict) else run.method)
+        return to_dict(parse_method(family, dict(method)))
+    except (KeyError, ValueError, TypeError, AttributeError):  # AttributeError: a value of another type than today's
+        return dict(method)
 
 
 def snapshot_dir(cfg: RunConfig, step: int) -> Path:
