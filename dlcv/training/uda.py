@@ -651,10 +651,10 @@ class UDA(Algorithm):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        name, _, _ = method_options(cfg)
-        if name not in UDA_METHODS:
-            raise KeyError(f"unknown UDA method {name!r}; choose from {sorted(UDA_METHODS)} (--method.name=...)")
-        options = parse_options(UDA_METHODS[name].Options, dict(cfg.method), UDA_METHODS[name].__name__)
+        from dlcv.training import parse_method  # lazy: the package imports this module
+
+        options = parse_method(cfg.family, cfg.method)
+        name = options.name
         self.select = options.select
         if not cfg.data.target_domain or cfg.data.target_domain == cfg.data.domain:
             raise ValueError("UDA needs --data.target_domain set to a domain other than --data.domain, "
