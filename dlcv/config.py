@@ -177,6 +177,20 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return from_dict(RunConfig, to_dict(cfg))
 
 
+def flat_fields(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A config dict (nested) as {"section.key": value}: the keys apply_overrides takes."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat_fields(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def override_text(value: Any) -> str:
+    """A config value as apply_overrides parses it back (true/none, tuples as a,b,c)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    return ",".join(override_text(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
 def _valid_keys(cfg: RunConfig) -> list[str]:
     keys = []
     for section in ("model", "data", "train"):

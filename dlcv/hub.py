@@ -86,31 +86,23 @@ def _train_command(run: dict[str, Any]) -> tuple[str | None, str | None]:
     architecture, plus an override for every field that differs. (None, None) when no preset fits."""
     import shlex
 
+    from dlcv.config import flat_fields, override_text
     from dlcv.presets import PRESETS
     from dlcv.training.common import run_record  # a preset's method with every option, as a run records it
 
-    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: value}
-
-    def text(value: Any) -> str:
-        if isinstance(value, bool) or value is None:
-            return str(value).lower()
-        return ",".join(text(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-
     if not run:
         return None, None
-    wanted = flat({k: v for k, v in run.items() if k not in ("family", "architecture")})
+    wanted = flat_fields({k: v for k, v in run.items() if k not in ("family", "architecture")})
     candidates = {}
     for preset, cfg in PRESETS.items():
         if (cfg.family, cfg.architecture) == (run.get("family"), run.get("architecture")):
-            have = flat({k: v for k, v in run_record(cfg).items() if k not in ("family", "architecture")})
-            candidates[preset] = {k: v for k, v in wanted.items() if k not in have or text(have[k]) != text(v)}
+            have = flat_fields({k: v for k, v in run_record(cfg).items() if k not in ("family", "architecture")})
+            candidates[preset] = {k: v for k, v in wanted.items()
+                                  if k not in have or override_text(have[k]) != override_text(v)}
     if not candidates:
         return None, None
     preset = run.get("name") if run.get("name") in candidates else min(candidates, key=lambda p: len(candidates[p]))
-    overrides = [shlex.quote(f"--{k}={text(v)}") for k, v in candidates[preset].items()]
+    overrides = [shlex.quote(f"--{k}={override_text(v)}") for k, v in candidates[preset].items()]
     return " ".join(["python -m dlcv train", preset, *overrides]), preset
 
 

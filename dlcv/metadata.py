@@ -222,32 +222,21 @@ def command_of(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "dlcv", *argv])
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: value}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    return ",".join(_text(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-
-
 def run_differences(run: Any, resolved: Any) -> dict[str, tuple[Any, Any]]:
     """{field: (recorded, resolved)} for every run field (dotted) in which two RunConfigs (or their dicts) differ,
     PLACE_FIELDS and train.steps aside (check_rebuild compares steps with trained_steps). Methods are compared with
     every option filled in (training.common.recorded_method), so a default changed after a run shows."""
-    from dlcv.config import RunConfig, from_dict, to_dict
+    from dlcv.config import RunConfig, flat_fields, from_dict, override_text, to_dict
     from dlcv.training.common import recorded_method
 
     def normal(cfg: Any) -> dict[str, Any]:
-        return _flat({**to_dict(from_dict(RunConfig, cfg) if isinstance(cfg, dict) else cfg),
+        return flat_fields({**to_dict(from_dict(RunConfig, cfg) if isinstance(cfg, dict) else cfg),
                       "method": recorded_method(cfg)})
 
     a, b = normal(run), normal(resolved)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in PLACE_FIELDS and k != "train.steps" and _text(a.get(k)) != _text(b.get(k))}
+            if k not in PLACE_FIELDS and k != "train.steps"
+            and override_text(a.get(k)) != override_text(b.get(k))}
 
 
 def check_rebuild(document: dict[str, Any]) -> list[str]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dlcv.config import RunConfig, apply_overrides, from_dict, to_dict
+from dlcv.config import RunConfig, apply_overrides, flat_fields, from_dict, override_text, to_dict
 from dlcv.presets import PRESETS, get_preset
 
 
@@ -63,3 +63,15 @@ def test_data_root_comes_from_environment(monkeypatch):
     from dlcv.config import DataConfig
 
     assert DataConfig().root == "/somewhere/data"
+
+
+@pytest.mark.parametrize("name", ["uda_gta", "dcgan_faces", "ddpm_digits"])
+def test_flat_fields_and_override_text_rebuild_the_config(name):
+    """flat_fields + override_text are apply_overrides' inverse: every field written back gives the same config."""
+    cfg = get_preset(name)
+    fields = flat_fields({k: v for k, v in to_dict(cfg).items() if k not in ("family", "architecture", "name")})
+    assert "train.steps" in fields and all("." in key for key in fields)
+    other = apply_overrides(get_preset(name), ["--train.steps=1", "--train.lr=0.5", "--train.betas=0.1,0.2"])
+    rebuilt = apply_overrides(other, [f"--{k}={override_text(v)}" for k, v in fields.items()])
+    assert to_dict(rebuilt) == to_dict(cfg)
+    assert override_text(True) == "true" and override_text(None) == "none" and override_text((1, 2)) == "1,2"
