@@ -288,8 +288,35 @@ def _cell(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * spread:.1f}" + (f" (n={len(values)})" if len(values) != 3 else "")
 
 
+# overrides every table run gets from its place in the table (train_overrides), not from how it was trained
+PLACE_KEYS = ("--data.root", "--data.domain", "--data.target_domain", "--train.seed", "--train.out_dir", "--name",
+              "--train.progress", "--train.device", "--train.steps")
+
+
+def run_settings(record: dict) -> str:
+    """The overrides a finished run was trained with beyond its place in the table (read back from its recorded
+    command, so runs merged from other folders or machines say how they ran), e.g. `--method.augment=true`."""
+    tokens = record.get("command", "").split()
+    if "train" not in tokens:
+        return "?"
+    tokens = tokens[tokens.index("train") + 2:]  # after `train <preset>`
+    kept, skip = [], False
+    for token in tokens:
+        if skip or token == "--fresh":
+            skip = False
+            continue
+        if token == "--out":
+            skip = True
+            continue
+        if token.split("=", 1)[0] not in PLACE_KEYS:
+            kept.append(token)
+    return " ".join(f"`{t}`" for t in kept) or "the preset's"
+
+
 def report(args: argparse.Namespace) -> str:
-    """Markdown: the main table (mean ± std over seeds of target test accuracy, %) and the ablation table."""
+    """Markdown: the main table (mean ± std over seeds of target test accuracy, %), how each of its cells was trained
+    (run_settings), and the ablation table. Runs from other folders count once their results/<name>.json is copied
+    into results/ here."""
     summary = write_summary(args)  # rebuilt from results/*.json, so results merged from several machines count
     records = [r for r in json.loads(summary.read_text()) if r.get("returncode") == 0]
     table = [r for r in records if r["variant"] is None]
@@ -328,6 +355,17 @@ def report(args: argparse.Namespace) -> str:
     lines += ["", "Steps per run x batch 64: " + ", ".join(f"{COLUMNS[m]} {v}" for m, v in steps.items())
               + ". Mean steps/s per run (runs shared the device): "
               + ", ".join(f"{COLUMNS[m]} {v:.1f}" for m, v in speed.items()) + "."]
+    cells: dict[tuple, list[int]] = {}
+    for r in table:  # how each cell was trained: one row per pair x method x steps x overrides, with its seeds
+        key = ((r["source"], r["target"]), METHODS.index(r["method"]), r["metrics"]["steps"], run_settings(r))
+        cells.setdefault(key, []).append(r["seed"])
+    lines += ["", "How each cell was trained (`python -m dlcv train uda_<method>` per seed; overrides beyond the pair, "
+              "seed and steps):", "", "| pair | method | steps | overrides | seeds |",
+              "| --- | --- | ---: | --- | --- |"]
+    for ((src, tgt), m, steps, settings), seeds in sorted(cells.items(), key=lambda c: (
+            pairs.index(c[0][0]), *c[0][1:])):
+        lines.append(f"| {src} → {tgt} | {COLUMNS[METHODS[m]]} | {steps} | {settings} | "
+                     f"{', '.join(map(str, sorted(seeds)))} |")
     ablation = [r for r in records if r["variant"] is not None]
     if ablation:
         abl_pairs = list(dict.fromkeys((r["source"], r["target"]) for r in ablation))

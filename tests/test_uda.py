@@ -523,3 +523,25 @@ def test_uda_table_writes_a_table_between_its_markers_only(tmp_path):
     with pytest.raises(SystemExit, match="uda_table:report"):  # no markers: the file is left alone
         table.write_into(str(doc), "report", "| x |\n")
     assert "| new |" in doc.read_text()
+
+
+def test_uda_table_report_says_how_each_cell_was_trained(tmp_path):
+    """--report reads each run's overrides back from its recorded command: runs of one cell trained differently (merged
+    from several folders) get a row each, so the table never hides a setting."""
+    import argparse
+
+    table = _uda_table()
+    (tmp_path / "results").mkdir()
+    base = ("python -m dlcv train uda_gta --fresh --out ck/x --data.root=data --data.domain=usps "
+            "--data.target_domain=mnist")
+    for seed, extra in ((0, "--method.augment=true"), (1, "--method.augment=true"), (2, "")):
+        record = {"name": f"gta_usps_to_mnist_s{seed}", "source": "usps", "target": "mnist", "seed": seed,
+                  "method": "gta", "variant": None, "overrides": [], "returncode": 0,
+                  "command": f"{base} --train.seed={seed} --train.progress=false {extra} --train.steps=1500",
+                  "metrics": {"steps": 1500, "steps_per_s": 1.0, "target_test_acc": 0.9, "oracle_target_test_acc": 0.91,
+                              "selected_by": "labelled_val"}}
+        (tmp_path / "results" / f"{record['name']}.json").write_text(json.dumps(record))
+    text = table.report(argparse.Namespace(out=str(tmp_path), final=False))
+    assert "| usps → mnist | GTA | 1500 | `--method.augment=true` | 0, 1 |" in text
+    assert "| usps → mnist | GTA | 1500 | the preset's | 2 |" in text
+    assert table.run_settings({"command": "not a dlcv command"}) == "?"
