@@ -231,7 +231,7 @@ def run_differences(run: Any, resolved: Any) -> dict[str, tuple[Any, Any]]:
 
     def normal(cfg: Any) -> dict[str, Any]:
         return flat_fields({**to_dict(from_dict(RunConfig, cfg) if isinstance(cfg, dict) else cfg),
-                      "method": recorded_method(cfg)})
+                            "method": recorded_method(cfg)})
 
     a, b = normal(run), normal(resolved)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import pickle
+import shlex
 import statistics
 import subprocess
 import sys
@@ -83,8 +84,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
     for src, tgt in pairs:
         for method in [m for m in args.methods.split(",") if m]:  # --methods= : ablation runs only
             for seed in (int(s) for s in args.seeds.split(",")):
-                runs.append({"name": f"{method}_{catalog.pair_name(src, tgt)}_s{seed}", "preset": f"uda_{method}", "overrides": [],
-                             "source": src, "target": tgt, "seed": seed, "method": method, "variant": None})
+                runs.append({"name": f"{method}_{catalog.pair_name(src, tgt)}_s{seed}", "preset": f"uda_{method}",
+                             "overrides": [], "source": src, "target": tgt, "seed": seed, "method": method, "variant": None})
     if args.ablation:
         for src, tgt in parse_pairs(args.ablation):
             for variant, (method, overrides) in ABLATION.items():
@@ -137,18 +138,23 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
     return all(saved.get(key) == now.get(key) for key in ("architecture", "model", "data", "method", "train"))
 
 
+def train_argv(run: dict, args: argparse.Namespace) -> list[str]:
+    """The `python -m dlcv train` argv of one run: --fresh unless it resumes, its checkpoint under <out>/checkpoints."""
+    fresh = [] if resumable(run, args) else ["--fresh"]
+    return [sys.executable, "-m", "dlcv", "train", run["preset"], *fresh, "--out",
+            str(Path(args.out) / "checkpoints" / run["name"]), *train_overrides(run, args)]
+
+
 def run_one(run: dict, args: argparse.Namespace) -> dict:
     """Train one run in a subprocess (--threads threads, its own CUDA context); write results/<name>.json."""
     out = Path(args.out)
     ckpt = out / "checkpoints" / run["name"]
-    fresh = [] if resumable(run, args) else ["--fresh"]
-    command = [sys.executable, "-m", "dlcv", "train", run["preset"], *fresh, "--out", str(ckpt),
-               *train_overrides(run, args)]
+    command = train_argv(run, args)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    record = {**run, "command": " ".join(command), "returncode": proc.returncode,
+    record = {**run, "command": shlex.join(command), "returncode": proc.returncode,
               "wall_seconds": round(time.perf_counter() - start, 1)}
     if proc.returncode == 0:
         record["metrics"] = json.loads((ckpt / "config.json").read_text())["metrics"]
@@ -238,7 +244,7 @@ def reuse_target_only(run: dict, args: argparse.Namespace) -> bool:
         rec = json.loads(path.read_text())
         if (rec.get("returncode") == 0 and rec.get("reused_from") is None and rec["overrides"] == run["overrides"]
                 and rec["metrics"]["steps"] == steps
-                and all(item in rec["command"].split() for item in args.set)):
+                and all(item in command_tokens(rec) for item in args.set)):
             (path.parent / f"{run['name']}.json").write_text(json.dumps(
                 {**rec, **{k: run[k] for k in ("name", "source")}, "reused_from": rec["name"]}, indent=1) + "\n")
             print(f"{run['name']}: reusing {rec['name']} (target-only does not read the source)", flush=True)
@@ -293,23 +299,31 @@ PLACE_KEYS = ("--data.root", "--data.domain", "--data.target_domain", "--train.s
               "--train.progress", "--train.device", "--train.steps")
 
 
+def command_tokens(record: dict) -> list[str]:
+    """A result's recorded command as argv (shlex-quoted since paths may hold spaces; older records are plain)."""
+    try:
+        return shlex.split(record.get("command") or "")
+    except ValueError:  # unbalanced quotes: an older record's path
+        return (record.get("command") or "").split()
+
+
 def run_settings(record: dict) -> str:
     """The overrides a finished run was trained with beyond its place in the table (read back from its recorded
     command, so runs merged from other folders or machines say how they ran), e.g. `--method.augment=true`."""
-    tokens = record.get("command", "").split()
+    tokens = command_tokens(record)
     if "train" not in tokens:
         return "?"
-    tokens = tokens[tokens.index("train") + 2:]  # after `train <preset>`
+    own = f"{catalog.pair_name(record['source'], record['target'])}_s{record['seed']}"
     kept, skip = [], False
-    for token in tokens:
+    for token in tokens[tokens.index("train") + 2:]:  # after `train <preset>`
         if skip or token == "--fresh":
             skip = False
             continue
         if token == "--out":
             skip = True
             continue
-        if token.split("=", 1)[0] not in PLACE_KEYS:
-            kept.append(token)
+        if token.split("=", 1)[0] not in PLACE_KEYS:  # a refine run's --method.init names its own pair and seed
+            kept.append(token.replace(own, "{pair}_s{seed}") if token.startswith("--method.init=") else token)
     return " ".join(f"`{t}`" for t in kept) or "the preset's"
 
 
@@ -355,17 +369,19 @@ def report(args: argparse.Namespace) -> str:
     lines += ["", "Steps per run x batch 64: " + ", ".join(f"{COLUMNS[m]} {v}" for m, v in steps.items())
               + ". Mean steps/s per run (runs shared the device): "
               + ", ".join(f"{COLUMNS[m]} {v:.1f}" for m, v in speed.items()) + "."]
-    cells: dict[tuple, list[int]] = {}
-    for r in table:  # how each cell was trained: one row per pair x method x steps x overrides, with its seeds
-        key = ((r["source"], r["target"]), METHODS.index(r["method"]), r["metrics"]["steps"], run_settings(r))
-        cells.setdefault(key, []).append(r["seed"])
+    trained: dict[tuple, list[int]] = {}  # how each cell was trained: pair x method x steps x overrides -> seeds
+    for r in table:
+        if r["method"] in METHODS:
+            key = (pairs.index((r["source"], r["target"])), METHODS.index(r["method"]), r["metrics"]["steps"],
+                   run_settings(r))
+            trained.setdefault(key, []).append(r["seed"])
     lines += ["", "How each cell was trained (`python -m dlcv train uda_<method>` per seed; overrides beyond the pair, "
               "seed and steps):", "", "| pair | method | steps | overrides | seeds |",
               "| --- | --- | ---: | --- | --- |"]
-    for ((src, tgt), m, steps, settings), seeds in sorted(cells.items(), key=lambda c: (
-            pairs.index(c[0][0]), *c[0][1:])):
-        lines.append(f"| {src} → {tgt} | {COLUMNS[METHODS[m]]} | {steps} | {settings} | "
-                     f"{', '.join(map(str, sorted(seeds)))} |")
+    for (pair, method, n_steps, settings), run_seeds in sorted(trained.items()):
+        src, tgt = pairs[pair]
+        lines.append(f"| {src} → {tgt} | {COLUMNS[METHODS[method]]} | {n_steps} | {settings} | "
+                     f"{', '.join(map(str, sorted(run_seeds)))} |")
     ablation = [r for r in records if r["variant"] is not None]
     if ablation:
         abl_pairs = list(dict.fromkeys((r["source"], r["target"]) for r in ablation))

@@ -65,13 +65,18 @@ def test_data_root_comes_from_environment(monkeypatch):
     assert DataConfig().root == "/somewhere/data"
 
 
-@pytest.mark.parametrize("name", ["uda_gta", "dcgan_faces", "ddpm_digits"])
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_flat_fields_and_override_text_rebuild_the_config(name):
-    """flat_fields + override_text are apply_overrides' inverse: every field written back gives the same config."""
+    """flat_fields + override_text are apply_overrides' inverse: every field of a preset (its method with every option,
+    as runs record it) written back as overrides turns a changed config into the preset again."""
+    from dlcv.training.common import run_record
+
     cfg = get_preset(name)
-    fields = flat_fields({k: v for k, v in to_dict(cfg).items() if k not in ("family", "architecture", "name")})
-    assert "train.steps" in fields and all("." in key for key in fields)
-    other = apply_overrides(get_preset(name), ["--train.steps=1", "--train.lr=0.5", "--train.betas=0.1,0.2"])
+    fields = flat_fields({k: v for k, v in run_record(cfg).items() if k not in ("family", "architecture", "name")})
+    assert "train.steps" in fields and any(k.startswith("model.") for k in fields) and all("." in k for k in fields)
+    changed = ["--train.steps=1", "--train.lr=0.5", "--train.betas=0.1,0.2", "--train.tensorboard=false"]
+    changed += [f"--{k}=12345" for k, v in fields.items() if k.startswith("method.") and type(v) in (int, float)][:2]
+    other = apply_overrides(get_preset(name), changed)
     rebuilt = apply_overrides(other, [f"--{k}={override_text(v)}" for k, v in fields.items()])
-    assert to_dict(rebuilt) == to_dict(cfg)
+    assert run_record(rebuilt) == run_record(cfg)
     assert override_text(True) == "true" and override_text(None) == "none" and override_text((1, 2)) == "1,2"

@@ -526,22 +526,30 @@ def test_uda_table_writes_a_table_between_its_markers_only(tmp_path):
 
 
 def test_uda_table_report_says_how_each_cell_was_trained(tmp_path):
-    """--report reads each run's overrides back from its recorded command: runs of one cell trained differently (merged
-    from several folders) get a row each, so the table never hides a setting."""
+    """--report reads each run's overrides back from its recorded command (written as run_one writes it, paths with
+    spaces included): runs of one cell trained differently get a row each, so the table never hides a setting, and a
+    refine run's --init, which names its own pair and seed, does not split the cell."""
     import argparse
+    import shlex
 
     table = _uda_table()
-    (tmp_path / "results").mkdir()
-    base = ("python -m dlcv train uda_gta --fresh --out ck/x --data.root=data --data.domain=usps "
-            "--data.target_domain=mnist")
-    for seed, extra in ((0, "--method.augment=true"), (1, "--method.augment=true"), (2, "")):
-        record = {"name": f"gta_usps_to_mnist_s{seed}", "source": "usps", "target": "mnist", "seed": seed,
-                  "method": "gta", "variant": None, "overrides": [], "returncode": 0,
-                  "command": f"{base} --train.seed={seed} --train.progress=false {extra} --train.steps=1500",
-                  "metrics": {"steps": 1500, "steps_per_s": 1.0, "target_test_acc": 0.9, "oracle_target_test_acc": 0.91,
-                              "selected_by": "labelled_val"}}
-        (tmp_path / "results" / f"{record['name']}.json").write_text(json.dumps(record))
-    text = table.report(argparse.Namespace(out=str(tmp_path), final=False))
-    assert "| usps → mnist | GTA | 1500 | `--method.augment=true` | 0, 1 |" in text
-    assert "| usps → mnist | GTA | 1500 | the preset's | 2 |" in text
+    out = tmp_path / "my runs"
+    (out / "results").mkdir(parents=True)
+    init = str(out / "final" / "dann_{source}_to_{target}_s{seed}")
+    for method, seeds, extra in (("gta", "0,1", ["--method.augment=true"]), ("gta", "2", []),
+                                 ("refine", "0,1,2", [])):
+        args = argparse.Namespace(out=str(out), data=str(tmp_path / "my data"), device="cpu", steps={"*": 1500},
+                                  set=["--train.eval_every=250", *extra], init=init)
+        for run in table.plan(argparse.Namespace(pairs="usps:mnist", methods=method, seeds=seeds, ablation="")):
+            record = {**run, "returncode": 0, "command": shlex.join(table.train_argv(run, args)),
+                      "metrics": {"steps": 1500, "steps_per_s": 1.0, "target_test_acc": 0.9,
+                                  "oracle_target_test_acc": 0.91, "selected_by": "labelled_val"}}
+            (out / "results" / f"{run['name']}.json").write_text(json.dumps(record))
+    text = table.report(argparse.Namespace(out=str(out), final=False))
+    assert "| usps → mnist | GTA | 1500 | `--train.eval_every=250` `--method.augment=true` | 0, 1 |" in text
+    assert "| usps → mnist | GTA | 1500 | `--train.eval_every=250` | 2 |" in text
+    refine = [line for line in text.splitlines() if "| usps → mnist | DANN + refinement" in line]
+    assert len(refine) == 1 and refine[0].endswith("| 0, 1, 2 |") and "dann_{pair}_s{seed}" in refine[0]
+    assert "my data" not in text and "checkpoints" not in text  # place and output paths are not settings
     assert table.run_settings({"command": "not a dlcv command"}) == "?"
+    assert table.run_settings({"command": None}) == "?"
