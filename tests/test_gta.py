@@ -120,3 +120,17 @@ def test_gta_augments_both_domains_only_when_asked(monkeypatch):
     seen.clear()
     gta(augment=True, colour_augment=False).update(*batch())
     assert seen == [(6, False), (6, False)]
+
+
+def test_gta_ema_ships_the_weight_average_and_resumes_it():
+    """--method.ema_decay > 0: F and the classifier are evaluated (and shipped) as their weight average, which the
+    resume state carries; 0 (the preset) keeps the trained weights."""
+    plain = gta()
+    assert plain.eval_model is plain.model and plain.average is None
+    method = gta(ema_decay=0.5)
+    for _ in range(2):  # the first update copies the network, later ones average
+        method.update(*batch())
+    assert method.eval_model is method.average.module and not method.eval_model.training
+    trained, average = method.model.state_dict(), method.eval_model.state_dict()
+    assert not torch.equal(trained["head.weight"], average["head.weight"])
+    assert "average" in method.state_modules() and method.average.updates == 2

@@ -155,6 +155,9 @@ class GTAOptions(UDAOptions):
     # `augment` (affine + noise) of both domains' images before F and D, as associative DA's preset does
     augment: bool = False
     colour_augment: bool = True  # with augment: also the intensity flip and per-channel gain/offset
+    # > 0: F and the classifier ship as a weight average (Polyak), as DANN's ema_decay: target accuracy swings from one
+    # evaluation to the next while source val stays flat, so source val cannot pick the good steps
+    ema_decay: float = 0.0
 
 
 def parse_options(cls: type, hparams: dict[str, Any] | UDAOptions, method: str) -> Any:
@@ -180,6 +183,11 @@ class SourceOnly:
         self.precision = precision or choose_precision(train, model.input_mean.device)
         self.model, self.total_steps, self.step = model, max(1, train.steps), 0
         self.extra = self.build_extra(model)  # e.g. the domain classifier
+        decay = self.average_decay()
+        # the EMA of the weights, kept in eval mode (its BN uses running statistics), is what is evaluated and shipped
+        self.average = ema_copy(model, decay) if decay > 0 else None
+        if self.average is not None:
+            self.average.module.eval()
         self.opt = torch.optim.Adam(self.main_parameters(), lr=train.lr, betas=tuple(train.betas),
                                     weight_decay=train.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: annealed_lr(s / self.total_steps))
@@ -190,13 +198,18 @@ class SourceOnly:
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
         return {}
 
+    def average_decay(self) -> float:
+        """> 0: a weight average (Polyak) at this decay is evaluated and shipped; 0: the trained weights."""
+        return 0.0
+
     def main_parameters(self) -> list[nn.Parameter]:
         """What the main optimizer (train.lr, Ganin's annealing) trains: the network and the extra modules."""
         return list(self.model.parameters()) + [p for m in self.extra.values() for p in m.parameters()]
 
     def state_modules(self) -> dict[str, Any]:
         """Everything with a state dict that a resumed run needs back (training/common.save_state)."""
-        return {"model": self.model, "opt": self.opt, "sched": self.sched,
+        average = {"average": self.average} if self.average is not None else {}
+        return {"model": self.model, "opt": self.opt, "sched": self.sched, **average,
                 **{f"extra.{name}": module for name, module in self.extra.items()}}
 
     @property
@@ -210,8 +223,8 @@ class SourceOnly:
 
     @property
     def eval_model(self) -> UDANet:
-        """The network that is evaluated and shipped."""
-        return self.model
+        """The network that is evaluated and shipped: the weight average where there is one."""
+        return self.average.module if self.average is not None else self.model
 
     def loss(self, x_src: torch.Tensor, y_src: torch.Tensor, x_tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
@@ -231,7 +244,8 @@ class SourceOnly:
         return {k: v.detach() for k, v in out.items()}
 
     def after_step(self) -> None:
-        pass
+        if self.average is not None:
+            self.average.update_parameters(self.model)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
@@ -258,28 +272,11 @@ class DANN(SourceOnly):
     Options = DANNOptions
 
     def build_extra(self, model: UDANet) -> dict[str, nn.Module]:
-        decay = self.average_decay()
-        # the EMA of the weights, kept in eval mode (its BN uses running statistics), is what is evaluated and shipped
-        self.average = ema_copy(model, decay) if decay > 0 else None
-        if self.average is not None:
-            self.average.module.eval()
         return {"domain_classifier": domain_classifier(model.feature_dim).to(model.input_mean.device)}
 
     def average_decay(self) -> float:
         """ema_decay > 0: a weight average (Polyak), which damps the adversarial game's late swings; 0: none."""
         return self.hp.ema_decay
-
-    @property
-    def eval_model(self) -> UDANet:
-        return self.average.module if self.average is not None else self.model
-
-    def state_modules(self) -> dict[str, Any]:
-        average = {"average": self.average} if self.average is not None else {}
-        return {**super().state_modules(), **average}
-
-    def after_step(self) -> None:
-        if self.average is not None:
-            self.average.update_parameters(self.model)
 
     def forward_pair(self, x_src: torch.Tensor, x_tgt: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(source logits, target logits, domain loss) from one pass over cat(x_src, x_tgt)."""
@@ -442,6 +439,10 @@ class GTA(SourceOnly):
     def main_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())  # G and D have optimizers of their own
 
+    def average_decay(self) -> float:
+        """ema_decay > 0: F and the classifier are evaluated and shipped as their weight average; 0: as trained."""
+        return self.hp.ema_decay
+
     def state_modules(self) -> dict[str, Any]:
         return {**super().state_modules(), "opt_g": self.opt_g, "opt_d": self.opt_d}
 
@@ -481,6 +482,7 @@ class GTA(SourceOnly):
         self.opt.step()
         self.sched.step()
         self.step += 1
+        self.after_step()
         out = {"loss": f_loss, "cls_loss": cls_loss, "d_loss": d_loss, "g_loss": g_loss, "f_cls_loss": class_of_src,
                "f_adv_loss": f_adv, "acc": (logits_src.argmax(1) == y_src).float().mean()}
         return {k: v.detach() for k, v in out.items()}
