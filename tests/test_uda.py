@@ -82,6 +82,21 @@ def test_ganin_arch_trains_and_round_trips(method, tiny_digits, tmp_path):
         UDANetConfig(arch="lenet")
 
 
+def test_svhn_arch_embeds_through_its_fc_layer_and_round_trips(tiny_digits, tmp_path):
+    """Haeusser et al.'s network: nine convs in three pooled blocks, then the 2w-d FC embedding the walks use."""
+    out = train(uda_cfg("assoc", tiny_digits, tmp_path, "--model.arch=svhn", "--model.width=16"), out=tmp_path / "ckpt")
+    model, _ = checkpoint.load(out)
+    assert model.config.arch == "svhn" and len(model.convs) == 9 and model.feature_dim == 32
+    assert [conv.out_channels for conv in model.convs] == [8] * 3 + [16] * 3 + [32] * 3
+    x = torch.rand(3, 3, 28, 28) * 2 - 1
+    model.eval()
+    features = model.features(x)
+    assert features.shape == (3, 32) and (features >= -1).all()  # ELU's floor: the embedding is the FC's output
+    assert torch.allclose(model(x), model.head(features))
+    again, _ = checkpoint.load(out)
+    assert torch.equal(again.eval()(x), model(x))
+
+
 def test_a_config_without_arch_loads_as_dirtt(uda_checkpoint, tmp_path):
     """Checkpoints shipped before model.arch existed carry no such key and must still load."""
     copy = tmp_path / "old"

@@ -21,13 +21,16 @@ SOURCE, TARGET = 0, 1  # domain indices of the normalisation buffers and batch-n
 class UDANetConfig:
     """arch "dirtt", width w: 3x3 convs w, w | pool | 2w, 2w | pool | 2w, 2w | global average -> features (B, 2w)
     -> linear logits. arch "ganin" (Ganin et al. 2016's MNIST network; w=32 is the paper's): 5x5 convs w | pool |
-    3w/2 | pool -> flattened features (B, 3w/2*4*4) -> FC 100, 100 -> logits; ~1/20 of dirtt's FLOPs at w=64."""
+    3w/2 | pool -> flattened features (B, 3w/2*4*4) -> FC 100, 100 -> logits; ~1/20 of dirtt's FLOPs at w=64. arch
+    "svhn" (Haeusser et al. 2017's digit network, the one associative DA's authors use; w=64 is theirs): 3x3 convs
+    w/2 x3 | pool | w x3 | pool | 2w x3 | pool -> flattened -> FC 2w + ELU = features (B, 2w), the embedding the
+    association walks on -> linear logits; ~0.6 of dirtt's FLOPs at w=64."""
 
     in_channels: int = 3
     image_size: int = 28
     num_classes: int = 10
     width: int = 64
-    arch: Literal["dirtt", "ganin"] = "dirtt"
+    arch: Literal["dirtt", "ganin", "svhn"] = "dirtt"
     domain_bn: bool = True  # separate BN statistics for source and target (AdaBN); False: one shared set
     # per-domain channel mean/std; per-image standardising; that of the luminance (colour-blind); or "auto", which
     # train_uda resolves from the data: grey when the labelled domain is grey and the other colour, else instance
@@ -36,7 +39,7 @@ class UDANetConfig:
 
     def __post_init__(self) -> None:
         check_choice("model.input_norm", self.input_norm, ("domain", "instance", "grey", "auto"))
-        check_choice("model.arch", self.arch, ("dirtt", "ganin"))
+        check_choice("model.arch", self.arch, ("dirtt", "ganin", "svhn"))
         if self.arch == "ganin" and self.image_size != 28:
             raise ValueError(f"model.arch='ganin' takes 28x28 images, not {self.image_size}; use model.arch='dirtt'")
         if self.in_channels not in (1, 3):
@@ -61,6 +64,13 @@ class UDANet(nn.Module):
             self.head: nn.Module = nn.Sequential(
                 nn.Linear(self.feature_dim, 100), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
                 nn.Linear(100, 100), nn.ReLU(inplace=True), nn.Linear(100, config.num_classes))
+        elif config.arch == "svhn":
+            channels = [c] + [w // 2] * 3 + [w] * 3 + [2 * w] * 3
+            widths, kernel, padding = list(zip(channels[:-1], channels[1:])), 3, 1
+            self.feature_dim = 2 * w
+            side = config.image_size // 8  # three 2x2 pools, floored: 28 -> 14 -> 7 -> 3
+            self.embedding = nn.Sequential(nn.Linear(2 * w * side * side, 2 * w), nn.ELU())
+            self.head = nn.Linear(2 * w, config.num_classes)
         else:
             widths, kernel, padding = [(c, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w), (2 * w, 2 * w)], 3, 1
             self.feature_dim = 2 * w
@@ -90,13 +100,15 @@ class UDANet(nn.Module):
     def trunk(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
         """Features (B, feature_dim) of a batch made of per-domain chunks, e.g. ((SOURCE, 64), (TARGET, 64))."""
         x = self._normalize(x, segments)
-        pools = (0, 1) if self.config.arch == "ganin" else (1, 3)
+        pools = {"ganin": (0, 1), "svhn": (2, 5, 8)}.get(self.config.arch, (1, 3))
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = conv_norm_act(conv, norm, x, segments)
             if i in pools:
                 x = F.dropout(F.max_pool2d(x, 2), self.config.dropout, self.training)
         if self.config.arch == "ganin":
             return x.flatten(1)  # (B, 3w/2, 4, 4) -> (B, 24w)
+        if self.config.arch == "svhn":
+            return self.embedding(x.flatten(1))  # (B, 2w, 3, 3) -> (B, 2w)
         return x.mean(dim=(2, 3))  # (B, 2w, 7, 7) -> (B, 2w)
 
     def features(self, x: torch.Tensor, domain: int = TARGET) -> torch.Tensor:
