@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -23,6 +24,19 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"{name}={value!r} is not allowed; choose from {list(choices)}")
 
 
+@functools.cache
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
+                 if typing.get_origin(hints[f.name]) is Literal)
+
+
+def check_literals(config: Any, section: str) -> None:
+    """check_choice on every Literal-typed field of a config dataclass, so its choices are written once, in the type."""
+    for name, choices in _literal_fields(type(config)):
+        check_choice(f"{section}.{name}", getattr(config, name), choices)
+
+
 @dataclass
 class DataConfig:
     """Which split of the course layout a run reads, and at which size."""
@@ -36,7 +50,7 @@ class DataConfig:
     channels: int = 3  # grey domains are replicated to 3 channels when 3 is asked for
 
     def __post_init__(self) -> None:
-        check_choice("data.dataset", self.dataset, ("face", "digits"))
+        check_literals(self, "data")
         check_choice("data.channels", self.channels, (1, 3))
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from dlcv.config import check_choice
+from dlcv.config import check_literals
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ScheduleConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        check_choice("schedule.kind", self.kind, ("linear", "cosine"))
+        check_literals(self, "schedule")
 
 
 class NoiseSchedule:

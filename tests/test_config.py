@@ -80,3 +80,15 @@ def test_flat_fields_and_override_text_rebuild_the_config(name):
     rebuilt = apply_overrides(other, [f"--{k}={override_text(v)}" for k, v in fields.items()])
     assert run_record(rebuilt) == run_record(cfg)
     assert override_text(True) == "true" and override_text(None) == "none" and override_text((1, 2)) == "1,2"
+
+
+@pytest.mark.parametrize("preset, section, key", [
+    ("uda_assoc", "model", "arch"), ("uda_assoc", "model", "input_norm"), ("classifier_digits", "model", "kind"),
+    ("classifier_digits", "data", "dataset"), ("dcgan_faces", "model", "conditioning"),
+])
+def test_a_config_file_with_an_unknown_choice_names_the_field(preset, section, key):
+    # config.json is read through from_dict, not the CLI's parser: __post_init__ checks the Literal fields
+    d = to_dict(get_preset(preset))
+    d[section][key] = "nonsense"
+    with pytest.raises(ValueError, match=rf"^{section}\.{key}='nonsense' is not allowed; choose from \["):
+        from_dict(RunConfig, d)

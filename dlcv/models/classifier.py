@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlcv.config import check_choice
+from dlcv.config import check_literals
 
 
 @dataclass
@@ -23,7 +23,7 @@ class ClassifierConfig:
     width: int = 64
 
     def __post_init__(self) -> None:
-        check_choice("model.kind", self.kind, ("lenet", "convnet"))
+        check_literals(self, "model")
         if self.kind == "lenet" and (self.image_size, self.in_channels) != (28, 3):
             raise ValueError("model.kind='lenet' is the course classifier: it needs image_size=28, in_channels=3")
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from dlcv.config import check_choice
+from dlcv.config import check_choice, check_literals
 
 # image_size -> side of the first feature map; every later layer doubles it (64: 4->8->16->32->64, 28: 7->14->28)
 START_SIZE = {64: 4, 28: 7}
@@ -51,7 +51,7 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         check_choice("model.image_size", self.image_size, tuple(START_SIZE))
-        check_choice("model.conditioning", self.conditioning, ("concat", "multiply", "cbn"))
+        check_literals(self, "model")
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -132,7 +132,7 @@ class DiscriminatorConfig:
 
     def __post_init__(self) -> None:
         check_choice("discriminator image_size", self.image_size, tuple(START_SIZE))
-        check_choice("method.d_norm", self.norm, ("batch", "layer", "none"))
+        check_literals(self, "discriminator")
 
 
 class Discriminator(nn.Module):

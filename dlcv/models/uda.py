@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlcv.config import check_choice
+from dlcv.config import check_literals
 from dlcv.models.blocks import DomainBatchNorm2d, Segments, conv_norm_act, instance_standardize
 
 SOURCE, TARGET = 0, 1  # domain indices of the normalisation buffers and batch-norm statistics
@@ -38,8 +38,7 @@ class UDANetConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        check_choice("model.input_norm", self.input_norm, ("domain", "instance", "grey", "auto"))
-        check_choice("model.arch", self.arch, ("dirtt", "ganin", "svhn"))
+        check_literals(self, "model")
         if self.arch == "ganin" and self.image_size != 28:
             raise ValueError(f"model.arch='ganin' takes 28x28 images, not {self.image_size}; use model.arch='dirtt'")
         if self.in_channels not in (1, 3):

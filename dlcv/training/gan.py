@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dlcv import checkpoint
-from dlcv.config import RunConfig, check_choice, from_dict, to_dict
+from dlcv.config import RunConfig, check_choice, check_literals, from_dict, to_dict
 from dlcv.data.loaders import load_split, to_model_range
 from dlcv.losses import LeCam, auxiliary_class_loss, bce_losses, gradient_penalty, hinge_losses, wasserstein_losses
 from dlcv.models import build_model
@@ -58,7 +58,7 @@ class GANMethod:
     lecam_decay: float = 0.99  # of LeCam's anchors, the moving averages of D's outputs
 
     def __post_init__(self) -> None:
-        check_choice("method.loss", self.loss, tuple(GAN_LOSSES))
+        check_literals(self, "method")
         for policy in filter(None, self.diffaugment.split(",")):
             check_choice("method.diffaugment entry", policy, tuple(AUGMENTS))
         if self.label_smoothing and self.loss != "dcgan":
