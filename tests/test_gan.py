@@ -3,6 +3,7 @@
 
 import json
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from dlcv.presets import get_preset
 from dlcv.sampling import sample_gan
 from dlcv.training import method_config, train
 from dlcv.training.common import run_dir
-from dlcv.training.gan import AUGMENTS, GANMethod, diff_augment, load_generator_init
+from dlcv.training.gan import AUGMENTS, GAN_LOSSES, GANMethod, diff_augment, load_generator_init
 
 # ---------------------------------------------------------------- models
 
@@ -378,3 +379,11 @@ def test_train_speed_counts_the_reference_step_arithmetic_by_hand():
     # with a backward of 2 passes = 9 passes
     per_image = 2 * (3 * g_macs + 9 * d_macs) / 1e9
     assert speed.reference_gflop(batch_size=2) == pytest.approx(2 * per_image, rel=0.01)
+
+
+def test_every_method_loss_choice_has_its_losses():
+    # method.loss's choices are its Literal type (config.check_literals); GAN_LOSSES must implement each of them
+    choices = typing.get_args(typing.get_type_hints(GANMethod)["loss"])
+    assert set(choices) == set(GAN_LOSSES)
+    with pytest.raises(ValueError, match=r"^method\.loss='lsgan' is not allowed; choose from \['dcgan'"):
+        GANMethod(loss="lsgan")
