@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dlcv import checkpoint
-from dlcv.config import RunConfig, TrainConfig, check_choice, from_dict, to_dict
+from dlcv.config import RunConfig, TrainConfig, check_literals, from_dict, to_dict
 from dlcv.data.digits import read_digits
 from dlcv.data.loaders import to_model_range
 from dlcv.losses import association_losses, conditional_entropy, diversity_loss, domain_loss, vat_loss
@@ -36,7 +35,6 @@ from dlcv.validators import bnm_score, dev_score, entropy_score, im_score, model
 
 log = logging.getLogger(__name__)
 
-SELECTION = typing.get_args(SelectionRule)  # never target labels; the oracle is recorded apart
 VALIDATOR_IMAGES = 2000  # source train, source val and target val images each that DEV's domain classifier reads
 
 
@@ -80,10 +78,10 @@ class UDAOptions:
     """cfg.method of every UDA run: which method, and how weights are selected without target labels."""
 
     name: str = "dann"  # a key of UDA_METHODS
-    select: SelectionRule = "labelled_val"
+    select: SelectionRule = "labelled_val"  # never target labels; the oracle is recorded apart
 
     def __post_init__(self) -> None:
-        check_choice("method.select", self.select, SELECTION)
+        check_literals(self, "method")
 
 
 @dataclass
@@ -615,7 +613,7 @@ def evaluate(method: SourceOnly, data: DomainData, split: str, domain: int, fmt:
 
 def label_free_scores(method: SourceOnly, src: DomainData, tgt: DomainData, tgt_val: dict[str, float],
                       n: int = VALIDATOR_IMAGES) -> dict[str, float]:
-    """Every label-free validator of the evaluated network (higher = better; keys as SELECTION's): entropy, IM, SND
+    """Every label-free validator of the evaluated network (higher = better; keys as SelectionRule's): entropy, IM, SND
     and BNM of its predictions on all target val images (tgt_val, from evaluate(..., scores=True)), and DEV from the
     first n source train, source val and target val images."""
     model = method.eval_model
