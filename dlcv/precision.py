@@ -4,13 +4,16 @@ timed probe of the model at hand and cached in the user cache.
 A capability flag cannot pick: bf16 autocast is 2.7x faster than fp32 on a CPU with AMX, slower on one with
 AVX512-BF16 but no AMX, and ~10x slower where it is emulated (AVX2 only); channels_last helps some nets and hurts
 others. So `choose` times each allowed combination on the real model and batch, keeps the fastest, and remembers it
-under (device, torch version, threads, kind, model, batch size). An explicit setting always wins: `fp32`/`bf16`
-pins the precision, `true`/`false` the layout, and only what is left open is probed.
+under (device, torch version, threads, kind, model, batch size). The flags only rule out: a CPU with no bf16
+instructions (emulated there, ~10x slower) is not timed in bf16, where timing it costs minutes per new model.
+An explicit setting always wins: `fp32`/`bf16` pins the precision, `true`/`false` the layout, and only what is left
+open is probed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -95,6 +98,38 @@ def bf16_available(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+@functools.cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo ("cpu" and no flags where there is none)."""
+    model, flags = "cpu", frozenset()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "cpu":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:  # x86, Arm
+                flags = frozenset(value.split())
+    return model, flags
+
+
+# bf16 dot products in hardware: x86 AVX512-BF16 or AMX, Arm's BF16 extension
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_bf16() -> str:
+    """The CPU's bf16: "native" where it has bf16 instructions, "emulated" where its flags show none, "unknown"
+    without flags (no /proc/cpuinfo). Only "emulated" keeps bf16 out of the probe."""
+    flags = cpu_info()[1]
+    if not flags:
+        return "unknown"
+    return "native" if any(f in flags for f in BF16_FLAGS) else "emulated"
+
+
+def bf16_may_pay(device: torch.device) -> bool:
+    """Whether the probe should time bf16 autocast on `device`: wherever it runs, except a CPU that emulates it."""
+    return bf16_available(device) and not (device.type == "cpu" and cpu_bf16() == "emulated")
+
+
 def candidates(amp: Any, channels_last: Any, device: torch.device | str) -> list[Choice]:
     """The combinations that the settings leave open, plain fp32 / default layout first. $DLCV_AMP and
     $DLCV_CHANNELS_LAST (same values) stand in for a setting left on auto, e.g. DLCV_AMP=fp32 for a whole command."""
@@ -105,7 +140,7 @@ def candidates(amp: Any, channels_last: Any, device: torch.device | str) -> list
     if layout == "auto":
         layout = normalize_layout(os.environ.get("DLCV_CHANNELS_LAST") or "auto")
     precisions = {"fp32": [False], "bf16": [True], "auto": [False, True]}[amp]
-    if amp == "auto" and not bf16_available(device):
+    if amp == "auto" and not bf16_may_pay(device):
         precisions = [False]
     if amp == "bf16" and not bf16_available(device):
         raise ValueError(f"amp=bf16 asked for, but {device} has no bf16 autocast; use amp=fp32 or auto")
@@ -120,14 +155,7 @@ def device_name(device: torch.device | str) -> str:
         return torch.cuda.get_device_name(device)
     if device.type != "cpu":
         return device.type
-    model, flags = "cpu", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "cpu":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+    model, flags = cpu_info()
     isa = torch.backends.cpu.get_cpu_capability()
     extras = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     return " ".join([model, f"[{isa}{''.join('+' + f for f in extras)}]"])

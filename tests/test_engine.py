@@ -252,6 +252,7 @@ def probe_log(monkeypatch, tmp_path):
     from dlcv import precision
 
     monkeypatch.setenv("DLCV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: "native")  # so bf16 is an option on any CPU
     timed, real = [], precision.time_options
     state = {"fastest": precision.Choice(True, True)}
 

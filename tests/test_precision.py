@@ -13,10 +13,13 @@ import torch
 from dlcv import precision
 from dlcv.precision import FP32, Choice
 
+CPU_BF16 = precision.cpu_bf16
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DLCV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: "native")  # a CPU with bf16 instructions, whatever runs this
 
 
 def sleeper(seconds: dict[Choice, float], calls: list[Choice]):
@@ -93,6 +96,23 @@ def test_bad_settings_are_one_line_errors():
         precision.candidates("auto", "maybe", "cpu")
     assert precision.normalize_amp(True) == "auto" and precision.normalize_amp("false") == "fp32"
     assert precision.normalize_layout(True) == "true"
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16", "native"), ("fpu amx_bf16", "native"),
+                                             ("fp asimd bf16", "native"), ("fpu sse4_2 avx2 fma", "emulated"),
+                                             ("", "unknown")])
+def test_a_cpu_that_emulates_bf16_is_not_timed_in_it(monkeypatch, flags, expected):
+    monkeypatch.setattr(precision, "cpu_bf16", CPU_BF16)  # the real one, reading the flags set here
+    monkeypatch.setattr(precision, "cpu_info", lambda: ("test cpu", frozenset(flags.split())))
+    assert precision.cpu_bf16() == expected
+    options = precision.candidates("auto", "auto", "cpu")
+    bf16 = {Choice(True, False), Choice(True, True)}
+    assert (bf16 & set(options) == set()) == (expected == "emulated")
+    calls: list[Choice] = []
+    choice = precision.choose("train", "toy", 8, sleeper(SLOW_FP32, calls), "cpu")
+    assert choice.bf16 == (expected != "emulated") and set(calls) == set(options)
+    # asked for explicitly, bf16 still runs there (slowly): the flags only narrow what "auto" times
+    assert precision.candidates("bf16", "false", "cpu") == [Choice(True, False)]
 
 
 def test_the_probe_leaves_the_random_streams_alone():
