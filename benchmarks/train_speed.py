@@ -209,7 +209,8 @@ def main() -> None:
     from dlcv import precision
 
     flags = precision.cpu_info()[1]
-    kind = "AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
+    kind = ("AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags
+            else "native bf16" if precision.cpu_bf16() == "native" else "no native bf16")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kind: {kind}; images/s over "
           f"{args.steps} steps")
     # where bf16 is emulated auto never times it, and timing it here would take ~10x the fp32 columns

@@ -98,18 +98,25 @@ def bf16_available(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of the first CPU in a /proc/cpuinfo text: x86 says `flags`, Arm `Features`."""
+    model, flags = "cpu", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "cpu":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
 @functools.cache
 def cpu_info() -> tuple[str, frozenset[str]]:
-    """The CPU's model name and feature flags from /proc/cpuinfo ("cpu" and no flags where there is none)."""
-    model, flags = "cpu", frozenset()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "cpu":
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:  # x86, Arm
-                flags = frozenset(value.split())
-    return model, flags
+    """This CPU's model name and feature flags ("cpu" and no flags without /proc/cpuinfo)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return "cpu", frozenset()
 
 
 # bf16 dot products in hardware: x86 AVX512-BF16 or AMX, Arm's BF16 extension
@@ -118,7 +125,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 def cpu_bf16() -> str:
     """The CPU's bf16: "native" where it has bf16 instructions, "emulated" where its flags show none, "unknown"
-    without flags (no /proc/cpuinfo). Only "emulated" keeps bf16 out of the probe."""
+    without flags (no /proc/cpuinfo). Only "emulated" keeps bf16 out of what auto times."""
     flags = cpu_info()[1]
     if not flags:
         return "unknown"
@@ -126,7 +133,8 @@ def cpu_bf16() -> str:
 
 
 def bf16_may_pay(device: torch.device) -> bool:
-    """Whether the probe should time bf16 autocast on `device`: wherever it runs, except a CPU that emulates it."""
+    """Whether the probe times bf16 autocast on `device`: wherever it runs, except on a CPU that emulates it. (It
+    stays among the candidates there, so a run resumed in bf16 or a pinned amp=bf16 still runs.)"""
     return bf16_available(device) and not (device.type == "cpu" and cpu_bf16() == "emulated")
 
 
@@ -140,7 +148,7 @@ def candidates(amp: Any, channels_last: Any, device: torch.device | str) -> list
     if layout == "auto":
         layout = normalize_layout(os.environ.get("DLCV_CHANNELS_LAST") or "auto")
     precisions = {"fp32": [False], "bf16": [True], "auto": [False, True]}[amp]
-    if amp == "auto" and not bf16_may_pay(device):
+    if amp == "auto" and not bf16_available(device):
         precisions = [False]
     if amp == "bf16" and not bf16_available(device):
         raise ValueError(f"amp=bf16 asked for, but {device} has no bf16 autocast; use amp=fp32 or auto")
@@ -263,6 +271,10 @@ def choose_explained(kind: str, model_key: str, batch_size: int, run: Callable[[
     options = candidates(amp, channels_last, device)
     if len(options) == 1:
         return options[0], f"{options[0].label} (asked)"
+    if not bf16_may_pay(device):
+        options = [o for o in options if not o.bf16]
+        if len(options) == 1:
+            return options[0], f"{options[0].label} (bf16 is emulated on this CPU)"
     key = " | ".join([device_name(device), f"torch {torch.__version__}", f"{torch.get_num_threads()} threads",
                       kind, model_key, f"batch {batch_size}", ",".join(c.label for c in options)])
     path = cache_path()

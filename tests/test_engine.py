@@ -302,7 +302,9 @@ def test_the_probe_changes_no_weight(probe_log, tiny_digits, tiny_faces, tmp_pat
 
 
 def test_explicit_precision_wins_deterministic_is_fp32_and_a_resume_keeps_its_choice(probe_log, tiny_digits,
-                                                                                     tiny_faces, tmp_path):
+                                                                                     tiny_faces, tmp_path,
+                                                                                     monkeypatch):
+    from dlcv import precision
     from dlcv.precision import FP32
 
     timed, state = probe_log
@@ -317,6 +319,7 @@ def test_explicit_precision_wins_deterministic_is_fp32_and_a_resume_keeps_its_ch
     cfg = auto_gan(tiny_digits, tiny_faces, tmp_path, "--name=resumed", "--train.max_minutes=0")
     train(cfg, out=tmp_path / "c")  # 2 steps in bf16 + channels_last
     state["fastest"] = FP32  # what a new probe would now say; the resumed run must not ask
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: "emulated")  # nor drop bf16 on a CPU that emulates it
     _, meta = checkpoint.load(train(apply_overrides(cfg, ["--train.steps=3"]), out=tmp_path / "c"))
     assert len(timed) == 1 and meta["trained_steps"] == 3
     assert (meta["run"]["train"]["amp"], meta["run"]["train"]["channels_last"]) == ("bf16", "true")

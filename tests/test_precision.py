@@ -105,14 +105,27 @@ def test_a_cpu_that_emulates_bf16_is_not_timed_in_it(monkeypatch, flags, expecte
     monkeypatch.setattr(precision, "cpu_bf16", CPU_BF16)  # the real one, reading the flags set here
     monkeypatch.setattr(precision, "cpu_info", lambda: ("test cpu", frozenset(flags.split())))
     assert precision.cpu_bf16() == expected
-    options = precision.candidates("auto", "auto", "cpu")
-    bf16 = {Choice(True, False), Choice(True, True)}
-    assert (bf16 & set(options) == set()) == (expected == "emulated")
     calls: list[Choice] = []
     choice = precision.choose("train", "toy", 8, sleeper(SLOW_FP32, calls), "cpu")
-    assert choice.bf16 == (expected != "emulated") and set(calls) == set(options)
-    # asked for explicitly, bf16 still runs there (slowly): the flags only narrow what "auto" times
-    assert precision.candidates("bf16", "false", "cpu") == [Choice(True, False)]
+    assert choice.bf16 == (expected != "emulated")
+    assert {c.bf16 for c in calls} == ({False} if expected == "emulated" else {False, True})
+    # bf16 still runs there (slowly), asked for or kept by a resumed run: the flags only narrow what auto times
+    assert len(precision.candidates("auto", "auto", "cpu")) == 4
+    assert precision.choose("train", "toy", 8, sleeper(SLOW_FP32, []), "cpu", "bf16", "false") == Choice(True, False)
+    calls.clear()
+    choice, line = precision.choose_explained("train", "toy2", 8, sleeper(SLOW_FP32, calls), "cpu", "auto", "false")
+    if expected == "emulated":  # one option left: nothing timed, and the line says why
+        assert (choice, line, calls) == (FP32, "fp32 + default layout (bf16 is emulated on this CPU)", [])
+    else:
+        assert choice == Choice(True, False) and line.startswith("bf16 + default layout: ") and calls
+
+
+def test_cpuinfo_is_read_for_x86_and_arm():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n"
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+    assert precision.parse_cpuinfo(x86) == ("AMD EPYC", frozenset({"fpu", "avx2", "avx512_bf16"}))
+    assert precision.parse_cpuinfo(arm) == ("cpu", frozenset({"fp", "asimd", "sve", "bf16", "i8mm"}))
+    assert precision.parse_cpuinfo("") == ("cpu", frozenset())
 
 
 def test_the_probe_leaves_the_random_streams_alone():
