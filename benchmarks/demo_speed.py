@@ -88,13 +88,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.empty_cache:  # a fresh machine has no precision choices cached: the first generation times them
-        os.environ["DLCV_CACHE"] = tempfile.mkdtemp(prefix="dlcv_cache_")
     print(f"checkpoints: {service.checkpoints_root()}, torch threads: {torch.get_num_threads()}, precision cache: "
           f"{'empty' if args.empty_cache else 'as found'}\n")
-    # with an empty cache the generations run first, so that their first call is the one that probes
-    for part in ([work, pages] if args.empty_cache else [pages, work]):
-        part()
+    with tempfile.TemporaryDirectory(prefix="dlcv_cache_") as empty:
+        if args.empty_cache:  # a fresh machine has no precision choices cached: the first generation times them
+            os.environ["DLCV_CACHE"] = empty
+        # with an empty cache the generations run first, so that their first call is the one that probes
+        for part in ([work, pages] if args.empty_cache else [pages, work]):
+            part()
 
 
 def pages() -> None:
