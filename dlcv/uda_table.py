@@ -13,10 +13,10 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
     python scripts/uda_table.py --data data --pack runs/digits.npz   # carry the data (~45 MB) to a GPU machine ...
     python scripts/uda_table.py --unpack runs/digits.npz --data data --jobs 12    # ... rebuild it there, then train
 
-A run whose results/<run>.json exists is skipped, and a run cut short continues from its last state (every 500 steps)
-when its config is unchanged, so an interrupted table resumes; a target-only run is shared by the pairs with the same
-target. Model selection inside each run uses source val accuracy only; the oracle
-(target-val-selected) figure is reported in its own column.
+Each run writes its output (progress bar, errors) to <out>/logs/<run>.log as it trains. A run whose results/<run>.json
+exists is skipped, and a run cut short continues from its last state (every 500 steps) when its config is unchanged, so
+an interrupted table resumes; a target-only run is shared by the pairs with the same target. Model selection inside each
+run uses source val accuracy only; the oracle (target-val-selected) figure is reported in its own column.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def train_overrides(run: dict, args: argparse.Namespace) -> list[str]:
     out = Path(args.out)
     overrides = [f"--data.root={args.data}", f"--data.domain={run['source']}", f"--data.target_domain={run['target']}",
                  f"--train.seed={run['seed']}", f"--train.out_dir={out / 'runs'}", f"--name={run['name']}",
-                 "--train.progress=false", f"--train.device={args.device}", *run["overrides"], *args.set]
+                 f"--train.device={args.device}", *run["overrides"], *args.set]
     if run["method"] == "refine":  # refines the trained run of the same pair and seed
         overrides.append(f"--method.init={args.init.format(**run)}")
     steps = args.steps.get(run["method"], args.steps.get("*"))
@@ -132,8 +132,8 @@ def resumable(run: dict, args: argparse.Namespace) -> bool:
     saved["method"], now["method"] = recorded_method(saved), recorded_method(cfg)  # every option, defaults too
     if now["model"].get("input_norm") == "auto":  # stored as what it resolved to (from the domains, compared below)
         now["model"]["input_norm"] = saved["model"].get("input_norm")
-    for config in (saved, now):  # stored as what ran (train.amp="auto" -> "bf16"): speed, not the schedule
-        for key in ("amp", "channels_last"):
+    for config in (saved, now):  # stored as what ran (train.amp="auto" -> "bf16"): speed and display, not the schedule
+        for key in ("amp", "channels_last", "progress"):
             config.get("train", {}).pop(key, None)
     return all(saved.get(key) == now.get(key) for key in ("architecture", "model", "data", "method", "train"))
 
@@ -146,21 +146,30 @@ def train_argv(run: dict, args: argparse.Namespace) -> list[str]:
 
 
 def run_one(run: dict, args: argparse.Namespace) -> dict:
-    """Train one run in a subprocess (--threads threads, its own CUDA context); write results/<name>.json."""
+    """Train one run in a subprocess (--threads threads, its own CUDA context); write results/<name>.json.
+
+    Its output (progress bar, evaluations, errors) streams into logs/<name>.log, appended across resumes, so an hour-long
+    run can be followed with `tail -f` while the pool only reports runs as they finish."""
     out = Path(args.out)
     ckpt = out / "checkpoints" / run["name"]
     command = train_argv(run, args)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
+    log = out / "logs" / f"{run['name']}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{run['name']}: started, output in {log}", flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    with log.open("a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
     record = {**run, "command": shlex.join(command), "returncode": proc.returncode,
-              "wall_seconds": round(time.perf_counter() - start, 1)}
+              "wall_seconds": round(time.perf_counter() - start, 1), "log": str(log)}
     if proc.returncode == 0:
         record["metrics"] = json.loads((ckpt / "config.json").read_text())["metrics"]
         record["checkpoint"] = str(ckpt)
     else:
-        record["error"] = (proc.stderr or proc.stdout)[-3000:]
+        record["error"] = log.read_text(errors="replace")[-3000:]
     path = out / "results" / f"{run['name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if proc.returncode == 0:  # failed runs are not cached, so a rerun retries them
@@ -272,7 +281,8 @@ def train_all(args: argparse.Namespace) -> None:
             else:
                 failures += 1
                 last = rec["error"].strip().splitlines()[-1:] or ["?"]
-                print(f"[{i}/{len(todo)}] {rec['name']} FAILED (rc {rec['returncode']}): {last[0]}", flush=True)
+                print(f"[{i}/{len(todo)}] {rec['name']} FAILED (rc {rec['returncode']}): {last[0]} "
+                      f"(whole output: {rec['log']})", flush=True)
     write_summary(args)
     if failures:
         print(f"{failures} run(s) failed; rerun the same command to retry them", flush=True)

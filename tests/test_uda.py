@@ -351,6 +351,30 @@ def test_uda_table_resumes_a_run_cut_short_only_with_its_own_config(tiny_digits,
     assert not table.resumable(run, argparse.Namespace(**{**vars(args), "set": [*args.set, "--method.ema_decay=0"]}))
 
 
+def test_uda_table_streams_each_runs_output_into_its_log(tiny_digits, tmp_path, capsys):
+    """A table run's progress bar and errors land in <out>/logs/<name>.log as it trains, appended across tries; a
+    failed run names its last line and the log, and leaves no results/<name>.json (so the next call retries it)."""
+    import argparse
+
+    table = _uda_table()
+    progress_shown = [t for t in TINY if t != "--train.progress=false"]
+    args = argparse.Namespace(out=str(tmp_path / "table"), data=str(tmp_path / "missing"), device="cpu",
+                              steps={"dann": 2}, set=progress_shown[1:], threads=1)
+    run = table.plan(argparse.Namespace(pairs="mnistm:usps", methods="dann", seeds="0", ablation="", data=""))[0]
+    log = tmp_path / "table" / "logs" / f"{run['name']}.log"
+    failed = table.run_one(run, args)
+    assert failed["returncode"] != 0 and failed["log"] == str(log)
+    assert "missing" in failed["error"] and not (tmp_path / "table" / "results" / f"{run['name']}.json").exists()
+    assert f"output in {log}" in capsys.readouterr().out
+
+    done = table.run_one(run, argparse.Namespace(**{**vars(args), "data": str(tiny_digits)}))
+    assert done["returncode"] == 0, done.get("error")
+    text = log.read_text()
+    assert text.count("$ ") == 2 and "missing" in text  # both tries, the first one's error kept
+    assert "2/2" in text  # the run's progress bar, to its last step
+    assert (tmp_path / "table" / "results" / f"{run['name']}.json").is_file()
+
+
 def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
     """Stage 2 of the table: a refine run starts from the exported final weights of its pair and seed's DANN run."""
     import argparse

@@ -550,8 +550,8 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
     ctx.train_seconds = float(extra.get("train_time", 0.0))
     batches = algo.batches(begun)
     folder = run_dir(cfg)
-    bar = tqdm(range(begun, train.steps), initial=begun, total=train.steps, desc=cfg.name,
-               disable=not (train.progress and ctx.main))
+    # updated by hand, not iterated: iterating would leave the bar one short at the `break` of the last step
+    bar = tqdm(initial=begun, total=train.steps, desc=cfg.name, disable=not (train.progress and ctx.main))
     metrics = MetricLog(folder / "metrics.jsonl", bar, begun) if ctx.main else None
     board = TensorBoard(folder / "tensorboard", train.tensorboard and ctx.main)
     deadline = Deadline(train.max_minutes)
@@ -559,7 +559,7 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
     count, done = 0, begun
     clock = time.perf_counter()
     try:
-        for step in bar:
+        for step in range(begun, train.steps):
             for k, v in algo.update(step, batches).items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                 sums[k] = sums.get(k, 0) + v
@@ -592,6 +592,7 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
                 save_state(cfg, step + 1, modules, {**algo.extra_state(), "train_time": ctx.train_seconds,
                                                     "precision": ctx.precision.choice.to_dict()})
             done = step + 1
+            bar.update(1)
             clock = time.perf_counter()
             if last:
                 break
@@ -600,6 +601,7 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
             log.error("rank %d of %d failed at step %d: %s", dist_.rank, dist_.world, done + 1, err)
         raise
     finally:
+        bar.close()
         board.close()
     dist_.barrier()
     out = Path(out) if out else folder / "checkpoint"
