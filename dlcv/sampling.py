@@ -3,7 +3,6 @@ noise for image i on every machine and for every batch size; the global RNG is n
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
 
 import torch
@@ -12,9 +11,7 @@ import torch.nn as nn
 from dlcv import precision
 from dlcv.diffusion import (NoiseSchedule, ddim_step, ddpm_step, dpm_solver_2m_step, guided_eps, predict_x0,
                             sampler_timesteps)
-from dlcv.metadata import Sampler, SamplingConfig
-
-SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)  # one list: dlcv.metadata.Sampler
+from dlcv.metadata import SamplingConfig
 
 
 def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
@@ -73,13 +70,7 @@ def sample_diffusion(model: nn.Module, schedule: NoiseSchedule, labels: torch.Te
     `amp` ("auto" | "bf16" | "fp32") and `channels_last` ("auto" | "true" | "false") pick precision and layout;
     auto settles them by a timed probe on this machine (dlcv.precision), cached.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler={sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if uncond_every < 1:
-        raise ValueError(f"uncond_every={uncond_every} must be >= 1 (1: the unconditional model on every step)")
-    if sampler == "dpm++2m" and uncond_every > 1:  # a stale eps_uncond breaks the multistep extrapolation
-        raise ValueError(f"uncond_every={uncond_every} does not work with dpm++2m (accuracy 0.22 at 10 steps); "
-                         "use uncond_every=1")
+    SamplingConfig(sampler=sampler, steps=steps, eta=eta, guidance=guidance, uncond_every=uncond_every)  # checks
     c, size = model.config.in_channels, model.config.image_size
     timesteps = sampler_timesteps(sampler, schedule, steps)
     needs_noise = sampler == "ddpm" or (sampler == "ddim" and eta > 0)

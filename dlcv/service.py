@@ -29,7 +29,7 @@ from dlcv.data.loaders import to_model_range
 from dlcv.metadata import SELECTION_NAMES
 
 DIGIT_LABELS = [str(d) for d in range(10)]
-SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (dlcv.sampling.SAMPLERS)
+SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (all of dlcv.metadata.Sampler)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
 

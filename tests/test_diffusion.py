@@ -109,8 +109,10 @@ def test_uncond_every_reuses_the_unconditional_eps():
 
 def test_unknown_sampler_and_bad_steps():
     model, s = tiny_model(), NoiseSchedule(ScheduleConfig(num_timesteps=50))
-    with pytest.raises(ValueError, match="choose one of ddpm, ddim, dpm\+\+2m"):
+    with pytest.raises(ValueError, match=r"choose from \['ddpm', 'ddim', 'dpm\+\+2m'\]"):
         sample_diffusion(model, s, torch.tensor([0]), sampler="euler")
+    with pytest.raises(ValueError, match="does not work with sampler dpm"):
+        sample_diffusion(model, s, torch.tensor([0]), sampler="dpm++2m", uncond_every=2)
     with pytest.raises(ValueError, match="between 1 and"):
         ddim_timesteps(50, 51)
 

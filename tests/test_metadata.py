@@ -90,6 +90,14 @@ def test_sampling_config_command_writes_the_block_and_records_itself(tmp_path, c
     assert copy["rebuild"][:2] == document["rebuild"] and copy["rebuild"][2].startswith("python -m dlcv export ")
     assert cli.main(["sampling-config", str(folder), "--sampling.sampler=euler"]) == 2
     assert "choose from" in capsys.readouterr().err
+    # a combination the sampler refuses is refused before anything is written: the checkpoint keeps sampling
+    before = (folder / "config.json").read_bytes()
+    assert cli.main(["sampling-config", str(folder), "--sampling.sampler=dpm++2m"]) == 2  # uncond_every is 2 here
+    assert "does not work with sampler dpm++2m" in capsys.readouterr().err
+    assert cli.main(["sampling-config", str(folder), "--sampling.eta=0.5", "--sampling.uncond_every=1",
+                     "--sampling.sampler=dpm++2m"]) == 2
+    assert "applies to sampler ddim only" in capsys.readouterr().err
+    assert (folder / "config.json").read_bytes() == before
 
 
 def test_average_records_its_command(tmp_path):
