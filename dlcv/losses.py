@@ -103,16 +103,6 @@ def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> to
     return F.cross_entropy(class_logits.float(), labels)
 
 
-def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """1 / (d_I(G(z1), G(z2)) / d_z(z1, z2) + eps), Mao et al. 2019 (MSGAN) eq. (3) as their code computes it: the
-    batch's first half against its second half, mean absolute differences. G minimises it, so two codes of the same
-    class may not map to one image (within-class mode collapse)."""
-    half = fake.shape[0] // 2
-    ratio = ((fake[:half] - fake[half:2 * half]).abs().mean()
-             / (z[:half] - z[half:2 * half]).abs().mean())
-    return 1.0 / (ratio.float() + eps)
-
-
 def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              kl_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Negative ELBO per image, Kingma & Welling 2014 eq. (10), with a weight beta on the KL term (Higgins et al.

@@ -38,7 +38,6 @@ class GANMethod:
     d_norm: Literal["batch", "layer", "none"] = "batch"
     spectral_norm: bool = False
     label_smoothing: float = 0.0  # one-sided: the real target is 1 - label_smoothing (loss="dcgan" only)
-    instance_noise: float = 0.0  # std of Gaussian noise on D's inputs, annealed linearly to 0 (Sonderby et al. 2017)
     gp_weight: float = 10.0  # lambda of the gradient penalty (loss="wgan_gp")
     diffaugment: str = ""  # e.g. "color,translation,cutout"
     aux_weight: float = 1.0  # weight of ACGAN's class loss on real and fake images (model.num_classes > 0)
@@ -252,11 +251,9 @@ class GAN(Algorithm):
             return z, None
         return z, torch.randint(0, self.num_classes, (b,), device=self.ctx.device)
 
-    def discriminate(self, x: torch.Tensor, noise_std: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """D on what it is shown: DiffAugment, then instance noise; float32 outputs for the losses."""
+    def discriminate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D on what it is shown (after DiffAugment); float32 outputs for the losses."""
         x = diff_augment(x, self.method.diffaugment)
-        if noise_std > 0:
-            x = x + noise_std * torch.randn_like(x)
         with self.ctx.precision.autocast():
             logits, class_logits = self.discriminator(x.contiguous(memory_format=self.ctx.precision.fmt))
         return logits.float(), class_logits.float() if class_logits is not None else None
@@ -264,7 +261,6 @@ class GAN(Algorithm):
     def update(self, step: int, batches) -> dict[str, torch.Tensor]:
         method, losses, device, fmt = self.method, self.losses, self.ctx.device, self.ctx.precision.fmt
         generator, discriminator = self.generator, self.discriminator
-        noise_std = method.instance_noise * max(0.0, 1.0 - step / max(1, self.cfg.train.steps))
         train_g = step >= method.d_warmup  # no G update (and no graph through G for one) during D's warm-up
         for _ in range(method.n_critic):  # (1) update D: tell real from G(z)
             x, y = next(batches)
@@ -273,12 +269,12 @@ class GAN(Algorithm):
             with torch.set_grad_enabled(self.reuse and train_g), self.ctx.precision.autocast():
                 fake_for_g = generator(z, y_fake).float()
             fake = fake_for_g.detach()
-            real_logits, real_class = self.discriminate(real, noise_std)
-            fake_logits, fake_class = self.discriminate(fake, noise_std)
+            real_logits, real_class = self.discriminate(real)
+            fake_logits, fake_class = self.discriminate(fake)
             d_loss = losses.d_loss(real_logits, fake_logits, **self.d_kwargs)
             metrics = {"real_score": real_logits.mean(), "fake_score": fake_logits.mean()}
             if method.loss == "wgan_gp":
-                gp = gradient_penalty(lambda x_hat: self.discriminate(x_hat, noise_std)[0], real, fake)
+                gp = gradient_penalty(lambda x_hat: self.discriminate(x_hat)[0], real, fake)
                 d_loss = d_loss + method.gp_weight * gp
                 metrics["gp"] = gp
             if self.lecam is not None:
@@ -301,7 +297,7 @@ class GAN(Algorithm):
                 z, y_fake = self.noise(self.ctx.batch_size)
                 with self.ctx.precision.autocast():
                     fake = generator(z, y_fake).float()
-            fake_logits, fake_class = self.discriminate(fake, noise_std)
+            fake_logits, fake_class = self.discriminate(fake)
             g_loss = losses.g_loss(fake_logits)
             if self.num_classes > 0:
                 g_loss = g_loss + method.aux_weight * auxiliary_class_loss(fake_class, y_fake)
