@@ -1,5 +1,5 @@
-"""Command line: `python -m dlcv {data,train,eval,sample,predict,figures,hub,average} ...`; the only module that
-prints or parses strings."""
+"""Command line: `python -m dlcv {data,train,eval,evaluate,sample,predict,figures,fid-curve,hub,average,export,
+sampling-config} ...`; the only module that prints or parses strings."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import logging
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 from dlcv.config import default_data_root
+from dlcv.metadata import Sampler
 
 log = logging.getLogger("dlcv")
 
@@ -81,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--per-class", type=int, help="class-conditional: K images per class, {digit}_{001..K}.png")
     count.add_argument("--n", type=int, help="unconditional: N images 0000.png ...")
     samp.add_argument("--seed", type=seed_type, default=0, help="image i uses seed + i")
-    samp.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="diffusion sampler (default: checkpoint's)")
-    samp.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
-    samp.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    samp.add_argument("--sampler", choices=typing.get_args(Sampler), default=None,
+                      help="diffusion sampler (default: checkpoint's)")
+    samp.add_argument("--steps", type=int, default=None, help="ddim / dpm++2m steps (default: checkpoint's)")
+    samp.add_argument("--eta", type=float, default=None, help="ddim's eta (0 = deterministic; ddim only)")
     samp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w")
     samp.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                       help="apply guidance only for LO <= t <= HI (default: checkpoint's, else every step)")
@@ -180,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}; install the dependencies: pip install . (or pip install -r requirements.txt)",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (`| head`): not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1
     except OSError as err:  # a path that is a folder, a file, unreadable, or a full disk
         from dlcv.fileio import describe_os_error
 

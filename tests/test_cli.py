@@ -47,3 +47,15 @@ def test_errors_are_one_line(argv, fragment, capsys):
 def test_print_config(capsys):
     assert main(["train", "smiling_classifier", "--train.lr=0.5", "--print-config"]) == 0
     assert '"lr": 0.5' in capsys.readouterr().out
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path):
+    # `dlcv ... | head`: the pipe closes before the command writes; no "error: Broken pipe" line
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dlcv", "sampling-config", "checkpoints/ddpm_digits", "--show"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 1) and b"error" not in err
