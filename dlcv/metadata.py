@@ -171,9 +171,11 @@ class SamplingConfig:
         if self.sampler == "dpm++2m" and self.uncond_every > 1:  # a stale eps_uncond breaks its multistep extrapolation
             raise MetadataError(f"sampling.uncond_every={self.uncond_every} does not work with sampler dpm++2m "
                                 "(accuracy 0.22 at 10 steps); use uncond_every=1, or sampler ddim")
-        if self.eta < 0 or self.eta > 0 and self.sampler != "ddim":
-            raise MetadataError(f"sampling.eta={self.eta} applies to sampler ddim only (eta >= 0; now {self.sampler}); "
-                                "choose sampler ddim, or leave eta at 0")
+        if self.eta < 0:
+            raise MetadataError(f"sampling.eta={self.eta} must be >= 0 (0: deterministic DDIM, 1: DDPM's variance)")
+        if self.eta > 0 and self.sampler != "ddim":
+            raise MetadataError(f"sampling.eta={self.eta} applies to sampler ddim only, not {self.sampler}; choose "
+                                "sampler ddim, or leave eta at 0")
         if self.guidance_interval is not None and len(self.guidance_interval) != 2:
             raise MetadataError(f"sampling.guidance_interval={self.guidance_interval} must be two timesteps LO,HI")
         if self.truncation is not None and self.truncation <= 0 or self.temperature <= 0:
