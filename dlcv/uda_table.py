@@ -157,7 +157,8 @@ def run_one(run: dict, args: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     log = out / "logs" / f"{run['name']}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{run['name']}: started, output in {log}", flush=True)
+    # one write per line: the pool's threads print at once, and print() writes the newline separately
+    print(f"{run['name']}: started, output in {log}\n", end="", flush=True)
     start = time.perf_counter()
     with log.open("a") as handle:
         handle.write(f"$ {shlex.join(command)}\n")
