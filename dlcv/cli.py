@@ -228,18 +228,20 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     out = train(cfg, out=args.out, fresh=args.fresh)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes the checkpoint
-        _record_train_command(out, args.preset, rest)
+        _record_train_command(out, args.preset, rest, str(cfg.method.get("init") or ""))
     print(f"checkpoint written to {out}")
     return 0
 
 
-def _record_train_command(out, preset: str, overrides: list[str]) -> None:
-    """The checkpoint's rebuild list starts with the command that trained it."""
+def _record_train_command(out, preset: str, overrides: list[str], init: str = "") -> None:
+    """The checkpoint's rebuild list: the commands that built the checkpoint it started from (--method.init), then
+    the command that trained it."""
     from dlcv import checkpoint
-    from dlcv.metadata import train_command
+    from dlcv.metadata import commands_that_write, train_command
 
     command = train_command(preset, overrides, str(out))
-    checkpoint.update_document(out, lambda d: {**d, "rebuild": [command]})
+    before = commands_that_write(init) if init and Path(init).parts[:1] != ("checkpoints",) else []
+    checkpoint.update_document(out, lambda d: {**d, "rebuild": [*before, command]})
 
 
 CLASSIFIERS = ("classifier", "uda_net")  # the architectures that eval and predict can use

@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 # how a UDA checkpoint's weights were picked, never by target labels: labelled-domain val accuracy, a score of the
@@ -248,9 +250,10 @@ def run_differences(run: Any, resolved: Any) -> dict[str, tuple[Any, Any]]:
 
 
 def check_rebuild(document: dict[str, Any]) -> list[str]:
-    """Problems with a checkpoint's rebuild commands: each must parse with `python -m dlcv`'s argparse; the first
-    must be `train PRESET overrides...` whose resolved config equals the recorded run (PLACE_FIELDS aside) and trains
-    at least the recorded trained_steps (exactly run.train.steps when none is recorded)."""
+    """Problems with a checkpoint's rebuild commands: each must parse with `python -m dlcv`'s argparse; the last
+    `train PRESET overrides...` must resolve to the recorded run (PLACE_FIELDS aside) and train at least the recorded
+    trained_steps (exactly run.train.steps when none is recorded); a train command that starts from a checkpoint
+    (method.init, method.peer) outside checkpoints/ needs an earlier command that writes it (--out)."""
     from dlcv.cli import SAMPLING_COMMANDS, build_parser
     from dlcv.config import apply_overrides
     from dlcv.presets import get_preset
@@ -272,14 +275,24 @@ def check_rebuild(document: dict[str, Any]) -> list[str]:
             continue
         if rest and args.command not in ("train", *SAMPLING_COMMANDS):
             problems.append(f"{command!r}: unrecognised arguments {rest}")
-        parsed.append((args, rest))
-    if not parsed or parsed[0][0].command != "train":
-        return problems + ["the first rebuild command must be `python -m dlcv train PRESET ...`"]
-    args, overrides = parsed[0]
-    try:
-        resolved = apply_overrides(get_preset(args.preset), overrides)
-    except (KeyError, ValueError, TypeError) as err:
-        return problems + [f"{commands[0]!r} does not resolve: {err}"]
+        parsed.append((command, args, rest))
+    trains = [(command, args, rest) for command, args, rest in parsed if args.command == "train"]
+    if not trains:
+        return problems + ["no `python -m dlcv train PRESET ...` command: record the one that trained it"]
+    written, resolved = set(), None
+    for command, args, rest in parsed:
+        if args.command == "train":
+            try:
+                resolved = apply_overrides(get_preset(args.preset), rest)
+            except (KeyError, ValueError, TypeError) as err:
+                return problems + [f"{command!r} does not resolve: {err}"]
+            for key in ("init", "peer"):
+                start = str(resolved.method.get(key) or "")
+                if start and Path(start).parts[:1] != ("checkpoints",) and Path(start) not in written:
+                    problems.append(f"method.{key}={start}: no earlier rebuild command writes it; record the "
+                                    f"command that trains it (--out {start}) first")
+        if getattr(args, "out", None):
+            written.add(Path(args.out))
     for key, (recorded, got) in run_differences(document["run"], resolved).items():
         if key == "model.input_norm" and got == "auto":  # resolved from the domains' channels when it trained
             continue
@@ -289,6 +302,22 @@ def check_rebuild(document: dict[str, Any]) -> list[str]:
     if resolved.train.steps < steps or (trained is None and resolved.train.steps != steps):
         problems.append(f"train.steps: the command trains {resolved.train.steps}, the checkpoint {steps}")
     return problems
+
+
+def commands_that_write(folder: str | Path) -> list[str]:
+    """The rebuild commands of the checkpoint in `folder` (ending with one that writes there), for a run that starts
+    from it (method.init) to record before its own; [] when it records none."""
+    from dlcv.cli import build_parser
+
+    path = Path(folder) / "config.json"
+    commands = json.loads(path.read_text()).get("rebuild") or [] if path.is_file() else []
+    if not commands:
+        return []
+    args, _ = build_parser().parse_known_args(shlex.split(commands[-1])[3:])
+    last_out = getattr(args, "out", None)
+    if last_out and Path(last_out) != Path(folder):  # it was copied there afterwards
+        commands = [*commands, command_of(["export", last_out, "--out", str(folder)])]
+    return commands
 
 
 # ---------------------------------------------------------------- the whole document

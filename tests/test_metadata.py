@@ -161,3 +161,25 @@ def test_training_command_is_recorded(tiny_run_cfg, tmp_path, monkeypatch):
     assert document["run"]["method"] == {"label_smoothing": 0.0}
     document["run"]["method"]["label_smoothing"] = 0.1
     assert metadata.check_rebuild(document) == ["method.label_smoothing: recorded 0.1, the command gives 0.0"]
+
+
+def test_a_refinement_records_the_commands_that_built_its_starting_checkpoint(tiny_digits, tmp_path):
+    """`train uda_refine --method.init=X` lists X's own rebuild commands first (and the copy that put X where it is),
+    so the shipped refinement is rebuilt from scratch; check_rebuild refuses a start that no command writes."""
+    tiny = [f"--data.root={tiny_digits}", "--data.domain=mnistm", "--data.target_domain=usps",
+            f"--train.out_dir={tmp_path / 'runs'}", "--train.steps=1", "--train.batch_size=8", "--model.width=8",
+            "--train.eval_every=1", "--train.progress=false"]
+    dann, copied, refined = tmp_path / "dann", tmp_path / "copied", tmp_path / "refined"
+    assert cli.main(["train", "uda_dann", "--name=d", *tiny, "--out", str(dann)]) == 0
+    shutil.copytree(dann, copied)
+    refine = ["--name=r", *tiny, f"--method.init={copied}"]
+    assert cli.main(["train", "uda_refine", *refine, "--out", str(refined)]) == 0
+    document = checkpoint.read_config(refined)
+    assert document["rebuild"] == [metadata.train_command("uda_dann", ["--name=d", *tiny], str(dann)),
+                                   metadata.command_of(["export", str(dann), "--out", str(copied)]),
+                                   metadata.train_command("uda_refine", refine, str(refined))]
+    assert metadata.check_rebuild(document) == []
+    document["rebuild"] = document["rebuild"][2:]  # the refinement alone
+    assert metadata.check_rebuild(document) == [
+        f"method.init={copied}: no earlier rebuild command writes it; record the command that trains it "
+        f"(--out {copied}) first"]
