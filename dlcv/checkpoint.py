@@ -37,9 +37,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def check_replaceable(directory: str | os.PathLike) -> None:
+def check_replaceable(directory: str | os.PathLike, architecture: str | None = None) -> None:
     """Refuse a checkpoint destination whose files a save would delete: the save swaps the whole folder, so an
-    existing one may hold only what a checkpoint holds (a previous checkpoint is replaced; anything else is kept)."""
+    existing one may hold only what a checkpoint holds (a previous checkpoint is replaced; anything else is kept),
+    and, when `architecture` is given, only a checkpoint of that architecture (a model is never swapped for a
+    different kind of model by a mistyped --out)."""
     directory = Path(directory)
     if not directory.exists():
         return
@@ -50,6 +52,13 @@ def check_replaceable(directory: str | os.PathLike) -> None:
         listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise FileExistsError(f"{directory} holds other files ({listed}), which writing a checkpoint there would "
                               f"delete; give a new or empty folder (or an existing checkpoint) instead")
+    try:
+        theirs = json.loads((directory / CONFIG_NAME).read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):  # no or unreadable config.json: nothing a model could lose
+        return
+    if architecture and theirs and theirs != architecture:
+        raise FileExistsError(f"{directory} holds a {theirs} checkpoint, which a {architecture} would replace; "
+                              f"give a new folder for it (or delete that one first)")
 
 
 def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
@@ -57,9 +66,9 @@ def save(model: nn.Module, directory: str | os.PathLike, meta: dict[str, Any] | 
 
     `meta` adds top-level entries (run, metrics, schedule, ...) next to format/architecture/config.
     """
-    check_replaceable(directory)
     model = unwrap(model)
     config = model.config
+    check_replaceable(directory, architecture_of(config))
     document = {"format": FORMAT, "architecture": architecture_of(config), "config": to_dict(config)}
     document.update(meta or {})
     directory = Path(directory)

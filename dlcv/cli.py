@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--data", default=default_data_root(), help="course-layout root (default $DLCV_DATA or ./data)")
     evl.add_argument("--record", action="store_true", help="write the metrics into the checkpoint's config.json")
     evl.add_argument("--samples", type=int, default=1000, help="generated images (conditional: split over classes)")
-    evl.add_argument("--seed", type=int, default=0, help="image i uses seed + i (independent samples: seeds >= "
+    evl.add_argument("--seed", type=seed_type, default=0, help="image i uses seed + i (independent samples: seeds >= "
                                                         "--samples apart)")
     evl.add_argument("--reference-split", default="val", help="faces: compare with face/<split>")
     evl.add_argument("--judge", default="", help="attribute classifier of a conditional face GAN "
@@ -285,12 +285,10 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
-    from dlcv.data.digits import read_image_folder, write_predictions
+    from dlcv.data.digits import check_predictions_target, read_image_folder, write_predictions
     from dlcv.metrics import predict_logits
 
-    from dlcv.fileio import check_file_target
-
-    check_file_target(args.out)  # before loading and predicting
+    check_predictions_target(args.out, args.images)  # before loading and predicting
     model = _load_classifier(args.checkpoint)
     images, names = read_image_folder(args.images, channels=model.config.in_channels,
                                       image_size=model.config.image_size, resize=args.resize)
@@ -372,9 +370,11 @@ SAMPLING_COMMANDS = ("export", "sampling-config", "evaluate")  # take --sampling
 
 
 def _sampling(document: dict, rest: list[str]):
-    from dlcv.metadata import parse_sampling_overrides, sampling_config
+    from dlcv.metadata import check_sampling_for, parse_sampling_overrides, sampling_config
 
-    return parse_sampling_overrides(rest, sampling_config(document))
+    sampling = parse_sampling_overrides(rest, sampling_config(document))
+    check_sampling_for(document, sampling)
+    return sampling
 
 
 def cmd_fid_curve(args: argparse.Namespace, rest: list[str]) -> int:

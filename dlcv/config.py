@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"train.steps must be >= 0 and train.batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr={self.lr} must be a positive number, e.g. --train.lr=2e-4")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas={','.join(map(str, self.betas))} must be two numbers in [0, 1), "
+                             f"e.g. --train.betas=0.9,0.999")
         from dlcv.precision import normalize_amp, normalize_layout  # lazy: precision needs torch
 
         try:
@@ -110,6 +116,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: dict[str, Any] = field(default_factory=dict)  # the family's method dataclass as a dict
+
+    def __post_init__(self) -> None:
+        # the name is a folder under train.out_dir that --fresh empties: never a path
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*", self.name or ""):
+            raise ValueError(f"name={self.name!r} is not a plain run name; use letters, digits and _ . + = - "
+                             f"(it names the folder <train.out_dir>/<name>), e.g. --name=dann_s0")
 
 
 def to_dict(cfg: Any) -> Any:

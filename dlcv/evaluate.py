@@ -46,6 +46,17 @@ class EvalOptions:
     progress: bool = True
     sampling: list[str] = field(default_factory=list)  # --sampling.KEY=VALUE for a diffusion model (e.g. a w sweep)
 
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"--samples must be at least 1, got {self.samples}")
+
+    def per_class(self, classes: int) -> int:
+        """Images per label of a class-conditional model: --samples split evenly, which it must allow."""
+        if self.samples % classes:
+            raise ValueError(f"--samples {self.samples} does not split evenly over the model's {classes} classes; "
+                             f"give a multiple of {classes}, e.g. {max(1, round(self.samples / classes)) * classes}")
+        return self.samples // classes
+
 
 def evaluate(path: str | os.PathLike, data: str | os.PathLike, options: EvalOptions | None = None) -> dict[str, Any]:
     """The family metrics of the checkpoint at `path` against the course-layout data root `data`, as the schema's
@@ -112,7 +123,7 @@ def _faces(path: Path, model: torch.nn.Module, document: dict[str, Any], data: P
     bar = _bar(3 if k == 2 else 2, f"evaluate {path.name}", options)
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dlcv_evaluate_") as tmp:
-        count = {"per_class": options.samples // k} if k else {"n": options.samples}  # conditional: N / K per label
+        count = {"per_class": options.per_class(k)} if k else {"n": options.samples}  # conditional: N / K per label
         folder = service.sample_to_folder(path, Path(tmp) / "samples", seed=options.seed, **count)
         bar.update()
         if k:
@@ -203,8 +214,8 @@ def _digits(model: torch.nn.Module, document: dict[str, Any], data: Path, option
     100 MNIST-M test digits per class."""
     from dlcv.metrics import digit_scores, embed
 
+    per_class = options.per_class(10)
     classifier = checkpoint.load_course_classifier(options.course_classifier or course_classifier_path())
-    per_class = options.samples // 10
     labels = torch.arange(10).repeat_interleave(per_class)
     bar = _bar(len(labels), "sampling digits", options)
 
@@ -300,6 +311,10 @@ def _classifier(model: torch.nn.Module, document: dict[str, Any], data: Path,
             log.info("%s split not measured: %s", split, err)
             continue
         metrics[f"{split}_accuracy"] = accuracy(predict_logits(model, images).argmax(1), labels)
+    if not metrics:
+        where = cfg.attribute and f"face attribute {cfg.attribute}" or f"digits/{cfg.domain}"
+        raise FileNotFoundError(f"nothing measured: no val or test split of {where} under {data}; pass --data with "
+                                f"that data (python -m dlcv data prepare)")
     return _round(metrics)
 
 

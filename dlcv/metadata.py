@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import types
 import typing
@@ -178,10 +179,42 @@ class SamplingConfig:
         if self.eta > 0 and self.sampler != "ddim":
             raise MetadataError(f"sampling.eta={self.eta} applies to sampler ddim only, not {self.sampler}; choose "
                                 "sampler ddim, or leave eta at 0")
-        if self.guidance_interval is not None and len(self.guidance_interval) != 2:
-            raise MetadataError(f"sampling.guidance_interval={self.guidance_interval} must be two timesteps LO,HI")
+        for key in ("eta", "guidance", "truncation", "temperature"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise MetadataError(f"sampling.{key}={value} must be a finite number")
+        if self.guidance_interval is not None and (len(self.guidance_interval) != 2 or self.guidance_interval[0] < 0
+                                                   or self.guidance_interval[0] > self.guidance_interval[1]):
+            raise MetadataError(f"sampling.guidance_interval={self.guidance_interval} must be two timesteps "
+                                f"0 <= LO <= HI, e.g. 200,800")
         if self.truncation is not None and self.truncation <= 0 or self.temperature <= 0:
             raise MetadataError("sampling.truncation and sampling.temperature must be > 0")
+
+
+DIFFUSION_KEYS = ("sampler", "steps", "eta", "guidance", "guidance_interval", "uncond_every")
+MODEL_KEYS = {"unet": DIFFUSION_KEYS, "generator": ("truncation",), "vae": ("temperature",)}
+
+
+def check_sampling_for(document: dict[str, Any], sampling: SamplingConfig) -> None:
+    """Refuse sampling values the checkpoint cannot use: keys of another kind of model, and diffusion steps or a
+    guidance interval outside its noise schedule (which would only fail at the next `sample`)."""
+    architecture = document.get("architecture", "")
+    default, own = SamplingConfig(), MODEL_KEYS.get(architecture, ())
+    foreign = [k for f in MODEL_KEYS.values() for k in f
+               if k not in own and getattr(sampling, k) != getattr(default, k)]
+    if foreign:
+        raise MetadataError(f"sampling.{', sampling.'.join(foreign)}: a {architecture or 'model'} checkpoint does not "
+                            f"use {'it' if len(foreign) == 1 else 'them'}; "
+                            + (f"it takes sampling.{', sampling.'.join(own)}" if own else "it has no sampling options"))
+    T = ((document.get("schedule") or {}).get("num_timesteps")) if architecture == "unet" else None
+    if T:
+        top = T if sampling.sampler == "ddim" else T - 1  # dpm++2m lands on t = 0 without a network call
+        if not 1 <= sampling.steps <= top:
+            raise MetadataError(f"sampling.steps={sampling.steps} must be between 1 and {top} for sampler "
+                                f"{sampling.sampler} on this model's {T}-step schedule")
+        if sampling.guidance_interval is not None and sampling.guidance_interval[1] > T - 1:
+            raise MetadataError(f"sampling.guidance_interval={','.join(map(str, sampling.guidance_interval))} "
+                                f"must lie within the schedule's timesteps 0..{T - 1}")
 
 
 def sampling_config(document: dict[str, Any], **overrides: Any) -> SamplingConfig:

@@ -160,7 +160,8 @@ def sampling_defaults(document: dict[str, Any]):
 def _refuse_options(options: dict[str, Any], what: str) -> None:
     unused = [k for k, v in options.items() if v is not None]
     if unused:
-        raise ValueError(f"{', '.join(unused)} apply to diffusion checkpoints only; drop them for {what}")
+        verb, them = ("applies", "it") if len(unused) == 1 else ("apply", "them")
+        raise ValueError(f"{', '.join(unused)} {verb} to diffusion checkpoints only; drop {them} for {what}")
 
 
 def sample_to_folder(checkpoint: str | Path, out: str | Path, per_class: int | None = None, n: int | None = None,

@@ -19,12 +19,21 @@ def digit_names(per_class: int, num_classes: int = 10) -> list[str]:
 
 
 def check_out_folder(folder: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an output folder that is a file, or that holds files unless `force`: checked before the work."""
+    """Refuse an output folder that is a file, or that holds files unless `force`; `force` replaces only a folder
+    of PNG images (an earlier output), never one holding anything else. Checked before the work."""
     folder = Path(folder)
+    folder = folder if folder.name else folder.resolve()  # ".": the finished folder is swapped in under its name
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file, not a folder; choose another --out")
-    if folder.exists() and any(folder.iterdir()) and not force:
-        raise FileExistsError(f"{folder} is not empty; pass --force to replace it or choose another --out")
+    held = sorted(folder.iterdir()) if folder.exists() else []
+    others = [p.name + ("/" if p.is_dir() else "") for p in held if not (p.is_file() and p.suffix.lower() == ".png")]
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise FileExistsError(f"{folder} holds {listed}, which are not images this would write; choose a new or "
+                              f"empty folder")
+    if held and not force:
+        raise FileExistsError(f"{folder} already holds images; choose another folder (`python -m dlcv sample` "
+                              f"replaces them with --force)")
     return folder
 
 

@@ -50,11 +50,10 @@ def hw2_2(out: str, seed: int = 0) -> str:
 
 
 def hw2_3(test_dir: str, out_csv: str) -> str:
+    from dlcv.data.digits import check_predictions_target
     from dlcv.data.images import list_images
 
-    from dlcv.fileio import check_file_target
-
-    check_file_target(out_csv, "<out_csv>")  # before loading and predicting
+    check_predictions_target(out_csv, test_dir, "<out_csv>")  # before loading and predicting
     target = domain_in_path(test_dir)
     checkpoint = pick_uda_checkpoint(service.checkpoints_root(), target)
     names = list_images(test_dir)

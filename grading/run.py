@@ -416,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grading/hw_run.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="output folder (refused if not empty, unless --force)")
-    parser.add_argument("data", nargs="?", default=default_data_root(),
-                        help="course-layout data root (default $DLCV_DATA or ./data)")
+    parser.add_argument("data", nargs="?", default=None,
+                        help="course-layout data root (default $DLCV_DATA or ./data; only the adaptation part reads it)")
     parser.add_argument("--force", action="store_true", help="replace the parts' outputs in a non-empty OUT_DIR")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--seed", type=int, default=0, help="image i of every sample folder uses seed + i")
@@ -425,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoint root (default $DLCV_CHECKPOINTS or checkpoints/)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.data is not None and not Path(args.data).is_dir():  # a mistyped root would skip every entry quietly
+        print(f"error: DATA_DIR {args.data} is not a folder; give the course-layout data root (e.g. data, made by "
+              f"`python -m dlcv data prepare`)", file=sys.stderr)
+        return 2
+    args.data = default_data_root() if args.data is None else args.data
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     logging.getLogger("dlcv").setLevel(logging.WARNING)  # keep the per-entry lines readable
     checkpoints = Path(args.checkpoints) if args.checkpoints else service.checkpoints_root()

@@ -33,6 +33,7 @@ from PIL import Image
 
 from dlcv.config import default_data_root
 from dlcv.fileio import atomic_write_text
+from grading.run import PARTS
 
 log = logging.getLogger(__name__)
 
@@ -648,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if not out.is_dir():
         print(f"error: {out} is not a folder; run `bash grading/hw_run.sh {out}` first", file=sys.stderr)
+        return 2
+    if not any((out / name).exists() for name in ("manifest.json", *PARTS)):  # not an output: its files stay as they are
+        print(f"error: {out} holds none of manifest.json, {', '.join(p + '/' for p in PARTS)}; run `bash "
+              f"grading/hw_run.sh {out}` first (nothing was written there)", file=sys.stderr)
         return 2
     start = time.perf_counter()
     result = grade(out, Path(args.data), course_classifier_path(args.classifier), fid=not args.no_fid, isc=args.isc)

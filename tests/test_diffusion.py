@@ -149,7 +149,7 @@ def test_sample_cli_writes_exactly_the_course_files(tiny_ddpm_cfg, tmp_path, cap
     with Image.open(out / "7_002.png") as img:
         assert img.size == (28, 28) and img.mode == "RGB"
     first = (out / "3_001.png").read_bytes()
-    assert main(args) == 2 and "not empty" in capsys.readouterr().err  # never mixes two sample sets
+    assert main(args) == 2 and "already holds images" in capsys.readouterr().err  # never mixes two sample sets
     assert main(args + ["--force"]) == 0
     assert (out / "3_001.png").read_bytes() == first  # same seed, same bytes
     assert main(args[:3] + ["0"] + args[4:]) == 2 and "--per-class must be at least 1, got 0" in capsys.readouterr().err

@@ -79,11 +79,15 @@ def test_sampling_config_command_writes_the_block_and_records_itself(tmp_path, c
     folder = checkpoint.save(unet, tmp_path / "ddpm", {
         "schedule": {"num_timesteps": 20, "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02},
         "rebuild": ["python -m dlcv train ddpm_digits --out x"]})
-    assert cli.main(["sampling-config", str(folder), "--sampling.guidance=4", "--sampling.uncond_every=2"]) == 0
+    # the default 50 steps do not fit this model's 20-step schedule: refused, then set
+    assert cli.main(["sampling-config", str(folder), "--sampling.guidance=4", "--sampling.uncond_every=2"]) == 2
+    assert "sampling.steps=50 must be between 1 and 20" in capsys.readouterr().err
+    assert cli.main(["sampling-config", str(folder), "--sampling.guidance=4", "--sampling.uncond_every=2",
+                     "--sampling.steps=20"]) == 0
     document = checkpoint.read_config(folder)
     assert document["sampling"]["guidance"] == 4.0 and document["sampling"]["uncond_every"] == 2
     assert document["rebuild"][-1] == (f"python -m dlcv sampling-config {folder} --sampling.guidance=4 "
-                                       f"--sampling.uncond_every=2")
+                                       f"--sampling.uncond_every=2 --sampling.steps=20")
     assert cli.main(["export", str(folder), "--out", str(tmp_path / "copy"), "--sampling.steps=10"]) == 0
     copy = checkpoint.read_config(tmp_path / "copy")
     assert copy["sampling"]["steps"] == 10 and copy["sampling"]["guidance"] == 4.0

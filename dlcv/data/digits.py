@@ -84,6 +84,34 @@ def read_image_folder(folder: str | Path, channels: int | None = 3, image_size: 
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), names
 
 
+PREDICTIONS_HEADER = "image_name,label"
+SPLIT_FILES = ("train.csv", "val.csv", "test.csv")  # a domain's label files, beside its image folder
+
+
+def check_predictions_target(path: str | Path, images: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, a predictions destination whose file would be lost: an existing file that is not a
+    predictions CSV (an image, a config), or the label file of the images' own domain (which has the same layout).
+    An earlier predictions file is replaced."""
+    from dlcv.fileio import check_file_target
+
+    path = check_file_target(path, option)
+    if not path.is_file():
+        return path
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if first != PREDICTIONS_HEADER:
+        raise FileExistsError(f"{option} {path} exists and is not a predictions CSV (its first line is not "
+                              f"{PREDICTIONS_HEADER}); choose a new file path")
+    here, folder = path.resolve().parent, Path(images).resolve()
+    if path.name in SPLIT_FILES and here in (folder, folder.parent):
+        raise FileExistsError(f"{option} {path} is the label file of the images' domain; write the predictions "
+                              f"elsewhere, e.g. {path.with_name('pred.csv')}")
+    return path
+
+
 def write_predictions(path: str | Path, names: list[str], labels: list[int]) -> None:
     """The course's prediction CSV (the layout's own label files): header image_name,label, one row per image,
     labels as plain integers; written atomically."""

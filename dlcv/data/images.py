@@ -29,7 +29,8 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     """Sorted image file names in `folder`; any other (non-hidden) file is an error."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist; check the path or run `python -m dlcv data prepare`")
+        what = "is a file, not a folder" if folder.is_file() else "does not exist"
+        raise DataError(f"image folder {folder} {what}; give the folder of images, or run `python -m dlcv data prepare`")
     names = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith(".") or entry.is_dir():

@@ -448,7 +448,8 @@ def prepare(source: str, out: str | Path, only: list[str] | None = None, val_fra
     else:
         src = Path(source)
         if not src.is_dir():
-            raise DataError(f"source folder {src} does not exist; pass --source ../shared/data or --source torchvision")
+            what = "is a file, not a folder" if src.is_file() else "does not exist"
+            raise DataError(f"source folder {src} {what}; pass --source ../shared/data or --source torchvision")
         sources = shared_sources(src, synth_mnistm)
     wanted = list(only) if only else [n for n in DATASETS if n != "mnistm_synth"] + (["mnistm_synth"] if synth_mnistm else [])
     if synth_mnistm and "mnistm_synth" not in wanted:

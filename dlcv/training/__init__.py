@@ -57,5 +57,5 @@ def train(cfg: RunConfig, out: str | Path | None = None, fresh: bool = False) ->
         if here == folder or here in folder.parents:
             raise ValueError(f"--out {out} would replace the run folder {run_dir(cfg)} (its state.pt and metrics); "
                              f"give a folder outside it, e.g. checkpoints/{cfg.name}, or leave --out out")
-        checkpoint.check_replaceable(out)
+        checkpoint.check_replaceable(out, cfg.architecture)
     return fit(cfg, FAMILIES[cfg.family], out=out, fresh=fresh)

@@ -18,6 +18,7 @@ from dlcv.fileio import atomic_torch_save, atomic_write_text
 log = logging.getLogger(__name__)
 
 STATE_NAME = "state.pt"
+METRICS_NAME = "metrics.jsonl"
 
 
 def every(step: int, n: int) -> bool:

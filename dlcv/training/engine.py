@@ -36,8 +36,8 @@ from dlcv.config import RunConfig, TrainConfig, to_dict
 from dlcv.data.loaders import to_image_range
 from dlcv.precision import Choice
 from dlcv.runtime import pick_device, seed_everything, set_deterministic
-from dlcv.training.common import (EMA, STATE_NAME, Deadline, MetricLog, every, load_state, run_dir, run_record,
-                                  save_state, snapshot_dir)
+from dlcv.training.common import (EMA, METRICS_NAME, STATE_NAME, Deadline, MetricLog, every, load_state, run_dir,
+                                  run_record, save_state, snapshot_dir)
 
 log = logging.getLogger(__name__)
 
@@ -508,14 +508,17 @@ def fit(cfg: RunConfig, family: type[Algorithm], out: str | Path | None = None, 
     try:
         check_train_fields(cfg, family, dist_.world)
         lock = RunLock(run_dir(cfg)) if dist_.main else contextlib.nullcontext()
-        ok, failure = True, None
+        ok, failure, locked = True, None, False
         try:
             lock.__enter__()
+            locked = True
             if fresh and dist_.main:
                 _clear_run(run_dir(cfg))
         except RuntimeError as err:
             ok, failure = False, err
         if not dist_.agree(ok):
+            if locked:  # a refused --fresh: the folder stays this process's no longer
+                lock.__exit__(None, None, None)
             raise failure or RuntimeError("rank 0 could not start the run (see its message)")
         try:
             return _loop(cfg, family, out, dist_)
@@ -526,9 +529,15 @@ def fit(cfg: RunConfig, family: type[Algorithm], out: str | Path | None = None, 
 
 
 def _clear_run(folder: Path) -> None:
-    """--fresh: remove a run's state, logs and samples (not the lock this process holds)."""
+    """--fresh: remove a run's state, logs and samples (not the lock this process holds). A folder that holds
+    anything but has neither a state.pt nor a metrics.jsonl is not a run's, so it is refused, never emptied."""
     import shutil
 
+    held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+    if held and not {STATE_NAME, METRICS_NAME} & set(held):
+        listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise RuntimeError(f"--fresh: {folder} is not a run folder (no {STATE_NAME} or {METRICS_NAME}; it holds "
+                           f"{listed}) and is left as it is; choose another --name or --train.out_dir")
     for path in folder.iterdir():
         if path.name == LOCK_NAME:
             continue
@@ -552,7 +561,7 @@ def _loop(cfg: RunConfig, family: type[Algorithm], out: str | Path | None, dist_
     folder = run_dir(cfg)
     # updated by hand, not iterated: iterating would leave the bar one short at the `break` of the last step
     bar = tqdm(initial=begun, total=train.steps, desc=cfg.name, disable=not (train.progress and ctx.main))
-    metrics = MetricLog(folder / "metrics.jsonl", bar, begun) if ctx.main else None
+    metrics = MetricLog(folder / METRICS_NAME, bar, begun) if ctx.main else None
     board = TensorBoard(folder / "tensorboard", train.tensorboard and ctx.main)
     deadline = Deadline(train.max_minutes)
     sums: dict[str, torch.Tensor] = {}
