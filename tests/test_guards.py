@@ -3,7 +3,6 @@ overwrite, and values it could not use (found by trying each command's wrong inp
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dlcv import checkpoint
 from dlcv.cli import main
 from dlcv.config import apply_overrides
 from dlcv.presets import get_preset
