@@ -32,6 +32,14 @@ def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
                  if typing.get_origin(hints[f.name]) is Literal)
 
 
+def check_at_least(config: Any, section: str, least: int, *names: str) -> None:
+    """Sizes a network is built from (widths, channels, classes): refused here, not as a tensor-shape error later."""
+    for name in names:
+        value = getattr(config, name)
+        if value < least:
+            raise ValueError(f"{section}.{name}={value} must be at least {least}")
+
+
 def check_literals(config: Any, section: str) -> None:
     """check_choice on every Literal-typed field of a config dataclass, so its choices are written once, in the type."""
     for name, choices in _literal_fields(type(config)):

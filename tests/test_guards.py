@@ -30,6 +30,7 @@ def one_line_error(capsys, fragment: str) -> str:
     ("--train.betas=0.9", "must be two numbers in [0, 1)"),
     ("--train.betas=0.9,0.99,0.5", "must be two numbers in [0, 1)"),
     ("--train.lr=-1", "train.lr=-1.0 must be a positive number"),
+    ("--model.width=0", "model.width=0 must be at least 1"),
 ])
 def test_run_config_refuses_values_it_cannot_use(override, fragment, capsys):
     with pytest.raises(ValueError, match="must|plain run name"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlcv.config import check_literals
+from dlcv.config import check_at_least, check_literals
 
 
 @dataclass
@@ -24,6 +24,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         check_literals(self, "model")
+        check_at_least(self, "model", 1, "in_channels", "image_size", "num_classes", "width")
         if self.kind == "lenet" and (self.image_size, self.in_channels) != (28, 3):
             raise ValueError("model.kind='lenet' is the course classifier: it needs image_size=28, in_channels=3")
 

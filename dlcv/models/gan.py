@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from dlcv.config import check_choice, check_literals
+from dlcv.config import check_at_least, check_choice, check_literals
 
 # image_size -> side of the first feature map; every later layer doubles it (64: 4->8->16->32->64, 28: 7->14->28)
 START_SIZE = {64: 4, 28: 7}
@@ -52,6 +52,8 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         check_choice("model.image_size", self.image_size, tuple(START_SIZE))
         check_literals(self, "model")
+        check_at_least(self, "model", 1, "z_dim", "channels", "width")
+        check_at_least(self, "model", 0, "num_classes")
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -133,6 +135,8 @@ class DiscriminatorConfig:
     def __post_init__(self) -> None:
         check_choice("discriminator image_size", self.image_size, tuple(START_SIZE))
         check_literals(self, "discriminator")
+        check_at_least(self, "discriminator", 1, "channels", "width")
+        check_at_least(self, "discriminator", 0, "num_classes")
 
 
 class Discriminator(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dlcv.config import check_literals
+from dlcv.config import check_at_least, check_literals
 from dlcv.models.blocks import DomainBatchNorm2d, Segments, conv_norm_act, instance_standardize
 
 SOURCE, TARGET = 0, 1  # domain indices of the normalisation buffers and batch-norm statistics
@@ -39,6 +39,7 @@ class UDANetConfig:
 
     def __post_init__(self) -> None:
         check_literals(self, "model")
+        check_at_least(self, "model", 1, "in_channels", "image_size", "num_classes", "width")
         if self.arch == "ganin" and self.image_size != 28:
             raise ValueError(f"model.arch='ganin' takes 28x28 images, not {self.image_size}; use model.arch='dirtt'")
         if self.in_channels not in (1, 3):

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dlcv.config import check_at_least
+
 
 @dataclass
 class UNetConfig:
@@ -28,6 +30,8 @@ class UNetConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
+        check_at_least(self, "model", 1, "in_channels", "image_size", "base_width", "blocks_per_level")
+        check_at_least(self, "model", 0, "num_classes")
         if self.image_size % 2 ** (len(self.channel_mults) - 1):
             raise ValueError(f"model.image_size={self.image_size} must halve {len(self.channel_mults) - 1} times; "
                              f"change model.channel_mults")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dlcv.config import check_choice
+from dlcv.config import check_at_least, check_choice
 from dlcv.models.gan import START_SIZE, dcgan_init, num_upsamplings
 
 
@@ -27,6 +27,7 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         check_choice("model.image_size", self.image_size, tuple(START_SIZE))
+        check_at_least(self, "model", 1, "channels", "latent_dim", "width")
 
     @property
     def z_dim(self) -> int:
