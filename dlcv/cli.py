@@ -259,6 +259,15 @@ def _load_classifier(path: str):
     return model
 
 
+def _recorded_attribute(path: str) -> str:
+    """The face attribute a classifier checkpoint was trained on ("" for digits, the course .pth, or none recorded)."""
+    from dlcv import checkpoint
+
+    if Path(path).is_file():
+        return ""
+    return ((checkpoint.read_config(path).get("run") or {}).get("data") or {}).get("attribute", "") or ""
+
+
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from dlcv.config import DataConfig
     from dlcv.data.loaders import load_split
@@ -266,6 +275,10 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
     model = _load_classifier(args.checkpoint)
     mc = model.config
+    trained_on = _recorded_attribute(args.checkpoint)
+    if trained_on and args.attribute and args.attribute != trained_on:  # its logits say nothing about another one
+        raise ValueError(f"{args.checkpoint} classifies the face attribute {trained_on}, not {args.attribute}; "
+                         f"pass --attribute {trained_on}")
     data = DataConfig(root=args.data, dataset="face" if args.attribute else "digits", domain=args.domain,
                       attribute=args.attribute, image_size=mc.image_size, channels=mc.in_channels)
     images, labels = load_split(data, args.split)

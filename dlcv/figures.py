@@ -99,8 +99,12 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
     from dlcv.data.faces import read_faces
     from dlcv.metrics import reconstruction_mse
 
+    val = read_faces(data_root, "val") if data_root is not None else None
+    if val is not None and val.attribute_names and attribute not in val.attribute_names:  # before any figure
+        raise ValueError(f"--attribute {attribute!r}: the val faces carry no such attribute; choose from "
+                         f"{list(val.attribute_names)}")
     written = [save_grid(sample_vae(vae, 32, seed=seed), out / f"{name}_samples.png", nrow=8)]
-    if data_root is None:
+    if val is None:
         log.info("%s: pass --data for the reconstruction and t-SNE figures", name)
         return written
     vae.eval()
@@ -111,7 +115,6 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
     recon = vae.decode(vae.encode(x)[0]).float()
     written.append(save_captioned_rows([x, recon], [[""] * 10, [f"MSE {e:.4f}" for e in errors.tolist()]],
                                        out / f"{name}_reconstruction.png"))
-    val = read_faces(data_root, "val")
     if attribute in val.attribute_names:
         labels = val.labels(attribute)
         known = (labels >= 0).nonzero().flatten()
@@ -122,7 +125,7 @@ def vae_figures(vae: torch.nn.Module, out: Path, name: str, seed: int, data_root
                                  title=f"VAE latent means (t-SNE), val faces by {attribute}",
                                  label_names=[f"not {attribute}", attribute], seed=seed))
     else:
-        log.info("%s: val faces carry no %r attribute; t-SNE skipped", name, attribute)
+        log.info("%s: val faces carry no attributes; t-SNE skipped", name)
     return written
 
 

@@ -146,3 +146,16 @@ def test_hw_run_refuses_a_data_root_that_does_not_exist(tmp_path):
 
     assert run.main([str(tmp_path / "out"), str(tmp_path / "nope"), "--parts", "adaptation"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_refuses_an_attribute_the_classifier_was_not_trained_on(capsys):
+    assert main(["eval", str(SHIPPED / "smiling_classifier"), "--attribute", "Male", "--split", "val"]) == 2
+    one_line_error(capsys, "classifies the face attribute Smiling, not Male; pass --attribute Smiling")
+
+
+def test_figures_refuse_an_attribute_the_faces_do_not_carry(tiny_faces, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["figures", str(SHIPPED / "vae_faces"), "--out", str(out), "--data", str(tiny_faces),
+                 "--attribute", "Nope"]) == 2
+    one_line_error(capsys, "--attribute 'Nope': the val faces carry no such attribute")
+    assert not out.exists() or not any(out.iterdir())
