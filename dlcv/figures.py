@@ -35,6 +35,9 @@ def write_figures(folder: str | Path, out: str | Path, data_root: str | Path | N
     Figures that need data (VAE reconstructions, every t-SNE) are skipped with a log line when data_root is None.
     """
     folder, out = Path(folder), Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for the figures")
+    records = read_metrics_log(metrics) if metrics is not None else []  # a bad log is refused before any figure
     model, document = checkpoint.load(folder)
     name, architecture = folder.name, document["architecture"]
     written: list[Path] = []
@@ -49,11 +52,25 @@ def write_figures(folder: str | Path, out: str | Path, data_root: str | Path | N
     else:
         log.info("%s: no generation figures for a %s checkpoint", name, architecture)
     if metrics is not None:
-        records = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
         keys = [k for k in CURVE_KEYS.get(architecture, []) if any(k in r for r in records)]
         if keys:
             written.append(plot_curves(records, keys, out / f"{name}_curves.png", title=name))
     return written
+
+
+def read_metrics_log(path: str | Path) -> list[dict]:
+    """A run's metrics.jsonl: one JSON object per line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            record = "bad"
+        if record is not None and not isinstance(record, dict):
+            raise ValueError(f"--metrics {path}: line {number} is not a JSON object; give a run's metrics.jsonl")
+        if record is not None:
+            records.append(record)
+    return records
 
 
 def gan_figures(generator: torch.nn.Module, out: Path, name: str, seed: int) -> list[Path]:

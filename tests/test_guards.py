@@ -159,3 +159,12 @@ def test_figures_refuse_an_attribute_the_faces_do_not_carry(tiny_faces, tmp_path
                  "--attribute", "Nope"]) == 2
     one_line_error(capsys, "--attribute 'Nope': the val faces carry no such attribute")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_figures_refuse_a_metrics_file_that_is_not_a_run_log(tmp_path, capsys):
+    bad = tmp_path / "metrics.jsonl"
+    bad.write_text('{"step": 1, "loss": 0.5}\nnot json\n')
+    out = tmp_path / "figs"
+    assert main(["figures", str(SHIPPED / "dcgan_faces"), "--out", str(out), "--metrics", str(bad)]) == 2
+    one_line_error(capsys, "line 2 is not a JSON object")
+    assert not out.exists()
