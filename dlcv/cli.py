@@ -28,6 +28,17 @@ def _presets_help() -> str:
     return "presets (name, family, data):\n" + "\n".join(lines)
 
 
+def count_type(text: str) -> int:
+    """argparse type of a count that may be zero (0 = none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
 def seed_type(text: str) -> int:
     """argparse type of every --seed: an integer 0 .. 2**32 - 1 (numpy's and torch's generators take no other)."""
     try:
@@ -56,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="subset of mnistm usps mnist svhn face mnistm_synth (default: all that are present)")
     prep.add_argument("--val-fraction", type=float, default=0.1, help="share of each class held out as val")
     prep.add_argument("--seed", type=seed_type, default=0, help="split seed")
-    prep.add_argument("--synth-mnistm", type=int, default=0, metavar="N",
+    prep.add_argument("--synth-mnistm", type=count_type, default=0, metavar="N",
                       help="also build `mnistm_synth`: N MNIST-M-style digits from MNIST + BSDS500 (Ganin & Lempitsky)")
     prep.add_argument("--overwrite", action="store_true", help="replace an output folder that holds other data")
     prep.add_argument("--download-dir", default=None, help="torchvision download folder")

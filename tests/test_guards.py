@@ -168,3 +168,14 @@ def test_figures_refuse_a_metrics_file_that_is_not_a_run_log(tmp_path, capsys):
     assert main(["figures", str(SHIPPED / "dcgan_faces"), "--out", str(out), "--metrics", str(bad)]) == 2
     one_line_error(capsys, "line 2 is not a JSON object")
     assert not out.exists()
+
+
+def test_a_device_torch_does_not_run_on_is_named(capsys):
+    from dlcv.runtime import pick_device
+
+    for name in ("tpu", "cuda:x"):
+        with pytest.raises(ValueError, match="use auto, cpu, cuda, cuda:N or mps"):
+            pick_device(name)
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--synth-mnistm", "-5"])
+    assert "-5 is negative; give 0 or more" in capsys.readouterr().err
