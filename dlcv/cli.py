@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("preset")
     train.add_argument("--out", default=None, help="checkpoint folder (default runs/<name>/checkpoint)")
-    train.add_argument("--fresh", action="store_true", help="delete runs/<name> (state, logs, samples) and start over")
+    train.add_argument("--fresh", action="store_true",
+                       help="delete runs/<name> (state, logs, samples) and start over; a folder that is not a "
+                            "run's is refused")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     ev = sub.add_parser("eval", help="accuracy of a classifier checkpoint (or the course's Classifier.pth)")
