@@ -49,8 +49,9 @@ def check_replaceable(directory: str | os.PathLike, architecture: str | None = N
         raise FileExistsError(f"{directory} is a file; give a folder for the checkpoint")
     others = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
     if others:
-        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise FileExistsError(f"{directory} holds other files ({listed}), which writing a checkpoint there would "
+        from dlcv.fileio import listing
+
+        raise FileExistsError(f"{directory} holds other files ({listing(others)}), which writing a checkpoint there would "
                               f"delete; give a new or empty folder (or an existing checkpoint) instead")
     try:
         theirs = json.loads((directory / CONFIG_NAME).read_text()).get("architecture")

@@ -239,22 +239,26 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
+    from dlcv.metadata import commands_that_write, starts_from
+
+    # what built the checkpoints it starts from, read now: after training, a broken record must not cost the run
+    before = [c for start in starts_from(cfg.method).values() for c in commands_that_write(start)]
     out = train(cfg, out=args.out, fresh=args.fresh)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone writes the checkpoint
-        _record_train_command(out, args.preset, rest, str(cfg.method.get("init") or ""))
+        _record_train_command(out, args.preset, rest, before)
     print(f"checkpoint written to {out}")
     return 0
 
 
-def _record_train_command(out, preset: str, overrides: list[str], init: str = "") -> None:
-    """The checkpoint's rebuild list: the commands that built the checkpoint it started from (--method.init), then
-    the command that trained it."""
+def _record_train_command(out, preset: str, overrides: list[str], before: list[str] | None = None) -> None:
+    """The checkpoint's rebuild list: the commands that built the checkpoints it started from (`before`: those of
+    --method.init / --method.peer outside checkpoints/), then the command that trained it."""
     from dlcv import checkpoint
-    from dlcv.metadata import commands_that_write, train_command
+    from dlcv.metadata import train_command
 
     command = train_command(preset, overrides, str(out))
-    before = commands_that_write(init) if init and Path(init).parts[:1] != ("checkpoints",) else []
-    checkpoint.update_document(out, lambda d: {**d, "rebuild": [*before, command]})
+    unique = list(dict.fromkeys(before or []))  # init and peer may share a history
+    checkpoint.update_document(out, lambda d: {**d, "rebuild": [*unique, command]})
 
 
 CLASSIFIERS = ("classifier", "uda_net")  # the architectures that eval and predict can use

@@ -65,6 +65,7 @@ def evaluate(path: str | os.PathLike, data: str | os.PathLike, options: EvalOpti
     model, document = checkpoint.load(path)
     architecture, config = document["architecture"], model.config
     data = Path(data)
+    _sampling_options(document, options)  # a bad --sampling.* fails now, not after the classifier has loaded
     if architecture == "vae":
         return _vae(model, data, options)
     if architecture in ("generator", "unet"):
@@ -209,6 +210,20 @@ def generate_digit_images(model: torch.nn.Module, document: dict[str, Any], labe
     return sample_gan(model, len(labels), seed=seed, labels=labels)
 
 
+def _sampling_options(document: dict[str, Any], options: EvalOptions) -> dict[str, Any]:
+    """--sampling.KEY=VALUE of a diffusion checkpoint as sample keywords, checked against its schedule."""
+    from dlcv.metadata import DIFFUSION_KEYS, check_sampling_for, parse_sampling_overrides, sampling_config
+
+    if not options.sampling:
+        return {}
+    if document["architecture"] != "unet":
+        raise ValueError(f"--sampling.* options apply to diffusion checkpoints only; drop them for a "
+                         f"{document['architecture']} checkpoint")
+    resolved = parse_sampling_overrides(options.sampling, sampling_config(document))
+    check_sampling_for(document, resolved)
+    return {k: v for k, v in asdict(resolved).items() if k in DIFFUSION_KEYS}
+
+
 def _digits(model: torch.nn.Module, document: dict[str, Any], data: Path, options: EvalOptions) -> dict[str, Any]:
     """The course classifier's accuracy (overall, per class) on samples/10 digits per class, and digit-FID against
     100 MNIST-M test digits per class."""
@@ -224,16 +239,8 @@ def _digits(model: torch.nn.Module, document: dict[str, Any], data: Path, option
         bar.n = done
         bar.refresh()
 
-    sampling = {}
-    if options.sampling:
-        from dlcv.metadata import parse_sampling_overrides, sampling_config
-
-        if document["architecture"] != "unet":
-            raise ValueError("--sampling.* options apply to diffusion checkpoints only; drop them for a GAN")
-        resolved = asdict(parse_sampling_overrides(options.sampling, sampling_config(document)))
-        sampling = {k: resolved[k] for k in ("sampler", "steps", "eta", "guidance", "guidance_interval",
-                                             "uncond_every")}
-    images = generate_digit_images(model, document, labels, options.seed, progress=progress, **sampling)
+    images = generate_digit_images(model, document, labels, options.seed, progress=progress,
+                                   **_sampling_options(document, options))
     bar.close()
     scores = digit_scores(classifier, to_uint8(images), labels, embed(classifier, reference_digits(data)))
     protocol = Protocol(samples=len(labels), reference="digits/mnistm/test", seed=options.seed,
@@ -312,7 +319,7 @@ def _classifier(model: torch.nn.Module, document: dict[str, Any], data: Path,
             continue
         metrics[f"{split}_accuracy"] = accuracy(predict_logits(model, images).argmax(1), labels)
     if not metrics:
-        where = cfg.attribute and f"face attribute {cfg.attribute}" or f"digits/{cfg.domain}"
+        where = f"face attribute {cfg.attribute}" if cfg.attribute else f"digits/{cfg.domain}"
         raise FileNotFoundError(f"nothing measured: no val or test split of {where} under {data}; pass --data with "
                                 f"that data (python -m dlcv data prepare)")
     return _round(metrics)

@@ -62,14 +62,15 @@ def read_metrics_log(path: str | Path) -> list[dict]:
     """A run's metrics.jsonl: one JSON object per line."""
     records = []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            record = json.loads(line) if line.strip() else None
+            record = json.loads(line)
         except ValueError:
-            record = "bad"
-        if record is not None and not isinstance(record, dict):
+            record = None
+        if not isinstance(record, dict):
             raise ValueError(f"--metrics {path}: line {number} is not a JSON object; give a run's metrics.jsonl")
-        if record is not None:
-            records.append(record)
+        records.append(record)
     return records
 
 

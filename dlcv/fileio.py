@@ -45,6 +45,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def listing(names: list[str], most: int = 5) -> str:
+    """The first `most` names, then how many more: for a message that says what a folder holds."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def check_file_target(path: str | os.PathLike, option: str = "--out") -> Path:
     """Refuse, before any work, a file destination that is a folder or lies under a file (one line naming the fix)."""
     path = Path(path)

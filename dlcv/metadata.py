@@ -209,7 +209,7 @@ def check_sampling_for(document: dict[str, Any], sampling: SamplingConfig) -> No
     T = ((document.get("schedule") or {}).get("num_timesteps")) if architecture == "unet" else None
     if T:
         top = T if sampling.sampler == "ddim" else T - 1  # dpm++2m lands on t = 0 without a network call
-        if not 1 <= sampling.steps <= top:
+        if sampling.sampler != "ddpm" and not 1 <= sampling.steps <= top:  # ddpm runs all T, whatever steps says
             raise MetadataError(f"sampling.steps={sampling.steps} must be between 1 and {top} for sampler "
                                 f"{sampling.sampler} on this model's {T}-step schedule")
         if sampling.guidance_interval is not None and sampling.guidance_interval[1] > T - 1:
@@ -253,6 +253,23 @@ def parse_sampling_overrides(items: list[str], base: SamplingConfig | None = Non
 # precision and memory layout (chosen per machine when "auto") change them by rounding noise only
 PLACE_FIELDS = ("data.root", "train.out_dir", "train.device", "train.progress", "train.max_minutes", "train.log_every",
                 "train.eval_every", "train.sample_every", "train.tensorboard", "train.amp", "train.channels_last")
+
+
+# the run options that name a trained checkpoint a run starts from (a refinement's init and peer)
+START_KEYS = ("init", "peer")
+
+
+def is_shipped(path: str | Path) -> bool:
+    """A folder under checkpoints/ (relative, or the repository's / $DLCV_CHECKPOINTS): rebuilt by its own list."""
+    from dlcv.service import checkpoints_root
+
+    path = Path(path)
+    return path.parts[:1] == ("checkpoints",) or checkpoints_root().resolve() in path.resolve().parents
+
+
+def starts_from(method: dict[str, Any]) -> dict[str, str]:
+    """{option: folder} of the checkpoints outside checkpoints/ that a run's method options start from."""
+    return {k: str(method[k]) for k in START_KEYS if method.get(k) and not is_shipped(str(method[k]))}
 
 
 def train_command(preset: str, overrides: list[str], out: str) -> str:
@@ -319,13 +336,12 @@ def check_rebuild(document: dict[str, Any]) -> list[str]:
                 resolved = apply_overrides(get_preset(args.preset), rest)
             except (KeyError, ValueError, TypeError) as err:
                 return problems + [f"{command!r} does not resolve: {err}"]
-            for key in ("init", "peer"):
-                start = str(resolved.method.get(key) or "")
-                if start and Path(start).parts[:1] != ("checkpoints",) and Path(start) not in written:
+            for key, start in starts_from(resolved.method).items():
+                if Path(start).resolve() not in written:
                     problems.append(f"method.{key}={start}: no earlier rebuild command writes it; record the "
                                     f"command that trains it (--out {start}) first")
         if getattr(args, "out", None):
-            written.add(Path(args.out))
+            written.add(Path(args.out).resolve())
     for key, (recorded, got) in run_differences(document["run"], resolved).items():
         if key == "model.input_norm" and got == "auto":  # resolved from the domains' channels when it trained
             continue
@@ -337,20 +353,43 @@ def check_rebuild(document: dict[str, Any]) -> list[str]:
     return problems
 
 
-def commands_that_write(folder: str | Path) -> list[str]:
-    """The rebuild commands of the checkpoint in `folder` (ending with one that writes there), for a run that starts
-    from it (method.init) to record before its own; [] when it records none."""
+def _out_of(command: str) -> str | None:
+    """The --out of a recorded `python -m dlcv` command (None when it has none or does not parse)."""
     from dlcv.cli import build_parser
 
+    try:
+        args, _ = build_parser().parse_known_args(shlex.split(command)[3:])
+    except (SystemExit, ValueError):
+        return None
+    return getattr(args, "out", None)
+
+
+def commands_that_write(folder: str | Path) -> list[str]:
+    """The rebuild commands of the checkpoint in `folder` (ending with one that writes there), for a run that starts
+    from it to record before its own; [] when it records none."""
     path = Path(folder) / "config.json"
-    commands = json.loads(path.read_text()).get("rebuild") or [] if path.is_file() else []
+    try:
+        commands = (json.loads(path.read_text()).get("rebuild") or []) if path.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        return []
     if not commands:
         return []
-    args, _ = build_parser().parse_known_args(shlex.split(commands[-1])[3:])
-    last_out = getattr(args, "out", None)
-    if last_out and Path(last_out) != Path(folder):  # it was copied there afterwards
+    last_out = _out_of(commands[-1])
+    if last_out and Path(last_out).resolve() != Path(folder).resolve():  # it was copied there afterwards
         commands = [*commands, command_of(["export", last_out, "--out", str(folder)])]
     return commands
+
+
+def retarget(command: str, out: str | Path, *overrides: str) -> str:
+    """A recorded `python -m dlcv train` command with more overrides and another --out (e.g. the final weights of a
+    run that selected others: --method.select=last)."""
+    argv, kept, skip = shlex.split(command), [], False
+    for word in argv:
+        if skip or word == "--out":
+            skip = word == "--out"
+            continue
+        kept.append(word)
+    return shlex.join([*(w for w in kept if not w.startswith("--out=")), *overrides, "--out", str(out)])
 
 
 # ---------------------------------------------------------------- the whole document

@@ -484,16 +484,21 @@ def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
     from dlcv import checkpoint
     from dlcv.config import RunConfig, apply_overrides, from_dict
     from dlcv.presets import get_preset
+    from dlcv.metadata import retarget
     from dlcv.training.uda import export_final
 
     dest = Path(args.out) / "final" / run["name"]
     if not (dest / "config.json").is_file():
-        if run.get("checkpoint") and (Path(run["checkpoint"]) / "config.json").is_file():
-            # the config the run trained with, so --steps/--set need not be repeated
+        trained = bool(run.get("checkpoint")) and (Path(run["checkpoint"]) / "config.json").is_file()
+        if trained:  # the config the run trained with, so --steps/--set need not be repeated
             cfg = from_dict(RunConfig, checkpoint.read_config(run["checkpoint"])["run"])
         else:
             cfg = apply_overrides(get_preset(run["preset"]), train_overrides(run, args))
         export_final(cfg, dest)
+        recorded = checkpoint.read_config(run["checkpoint"]).get("rebuild") if trained else None
+        if recorded and " dlcv train " in recorded[-1]:  # the same training, its final weights: select=last
+            final = retarget(recorded[-1], dest, "--method.select=last")
+            checkpoint.update_document(dest, lambda d: {**d, "rebuild": [*recorded[:-1], final]})
     return {**run, "checkpoint": str(dest), "metrics": checkpoint.read_config(dest)["metrics"]}
 
 

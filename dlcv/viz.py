@@ -10,7 +10,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from dlcv.data.loaders import to_image_range
-from dlcv.fileio import atomic_dir
+from dlcv.fileio import atomic_dir, listing
 
 
 def digit_names(per_class: int, num_classes: int = 10) -> list[str]:
@@ -26,11 +26,11 @@ def check_out_folder(folder: str | os.PathLike, force: bool = False) -> Path:
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} is a file, not a folder; choose another --out")
     held = sorted(folder.iterdir()) if folder.exists() else []
-    others = [p.name + ("/" if p.is_dir() else "") for p in held if not (p.is_file() and p.suffix.lower() == ".png")]
+    others = [p.name + ("/" if p.is_dir() else "") for p in held
+              if not (p.is_file() and (p.suffix.lower() == ".png" or p.name.startswith(".")))]
     if others:
-        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise FileExistsError(f"{folder} holds {listed}, which are not images this would write; choose a new or "
-                              f"empty folder")
+        raise FileExistsError(f"{folder} holds {listing(others)}, which are not images this would write; choose a "
+                              f"new or empty folder")
     if held and not force:
         raise FileExistsError(f"{folder} already holds images; choose another folder (`python -m dlcv sample` "
                               f"replaces them with --force)")

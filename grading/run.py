@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="output folder (refused if not empty, unless --force)")
     parser.add_argument("data", nargs="?", default=None,
-                        help="course-layout data root (default $DLCV_DATA or ./data; only the adaptation part reads it)")
+                        help="course-layout data root (default $DLCV_DATA or ./data)")
     parser.add_argument("--force", action="store_true", help="replace the parts' outputs in a non-empty OUT_DIR")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--seed", type=int, default=0, help="image i of every sample folder uses seed + i")

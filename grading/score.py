@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -31,9 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dlcv import fileio
 from dlcv.config import default_data_root
 from dlcv.fileio import atomic_write_text
-from grading.run import PARTS
+from grading.run import PARTS, target_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ FACE_SIZE, DIGIT_SIZE = 64, 28
 GREY_MODES = ("L", "LA", "1", "I", "I;16", "F")
 HEADER = ["image_name", "label"]
 MAX_LISTED = 20  # names listed per problem in the report; the count is always complete
+listing = functools.partial(fileio.listing, most=MAX_LISTED)  # 'a, b, c and 12 more'
 # dlib's HOG + linear SVM frontal face detector is what face_recognition's face_locations(model="hog") runs, the
 # course's detector. Its sliding window is 80x80, so a 64x64 face is upscaled 4x first (measured on real faces:
 # 0.91 of 1000 data/face/val and of 1000 face/test faces hold exactly one face; 0.80 without the upscale).
@@ -59,12 +62,6 @@ class Invalid(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-def listing(names: list[str], limit: int = MAX_LISTED) -> str:
-    """'a, b, c and 12 more'."""
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def course_classifier_path(given: str | None = None) -> Path:
@@ -517,7 +514,6 @@ def course_row(candidates: dict[str, Any]) -> dict[str, str]:
     """Lower bound / DANN / improved / upper bound as recorded by the shipped checkpoints of one pair (slots from
     dlcv.catalog.METHOD_SLOT; the best-ranked method of a slot first; an unknown method fills no slot)."""
     from dlcv.catalog import METHOD_SLOT, method_rank
-    from grading.run import target_accuracy
 
     row = {"lower": "-", "dann": "-", "improved": "-", "upper": "-"}
     for info in sorted(candidates.values(), key=lambda i: method_rank(i.get("method", ""))):
@@ -632,7 +628,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit 0 when a report was written (whatever the grades), 2 when OUT_DIR does not exist."""
+    """Entry point: exit 0 when a report was written (whatever the grades), 2 when OUT_DIR does not exist or is not
+    an output of hw_run.sh."""
     parser = argparse.ArgumentParser(prog="python -m grading.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="a folder written by grading/hw_run.sh (or by hand in its layout)")

@@ -75,12 +75,18 @@ def test_predictions_never_overwrite_another_file(tmp_path, capsys):
     labels.write_text("image_name,label\n00000.png,1\n")
     clf = str(SHIPPED / "classifier_digits_mnistm")
     for target, fragment in [(images / "00001.png", "is not a predictions CSV"),
-                             (labels, "is the label file of the images' domain")]:
+                             (labels, "is the label file of a digits domain")]:
         before = target.read_bytes()
         assert main(["predict", clf, "--images", str(images), "--out", str(target)]) == 2
         one_line_error(capsys, fragment)
         assert target.read_bytes() == before
+    other = tmp_path / "mnistm"  # another domain's label file is refused too
+    (other / "data").mkdir(parents=True)
+    (other / "val.csv").write_text("image_name,label\n00000.png,1\n")
+    assert main(["predict", clf, "--images", str(images), "--out", str(other / "val.csv")]) == 2
+    one_line_error(capsys, "is the label file of a digits domain")
     out = tmp_path / "pred.csv"
+    out.touch()  # an empty file (made by a harness beforehand) is replaced
     assert main(["predict", clf, "--images", str(images), "--out", str(out)]) == 0
     assert main(["predict", clf, "--images", str(images), "--out", str(out)]) == 0  # an earlier prediction: replaced
 
@@ -96,8 +102,13 @@ def test_sample_force_replaces_only_a_folder_of_images(tmp_path, capsys):
     copy = tmp_path / "ckpt"
     shutil.copytree(SHIPPED / "dcgan_faces", copy)
     assert main(["sample", str(copy), "--n", "2", "--out", str(copy), "--force"]) == 2  # its own checkpoint
+    one_line_error(capsys, "config.json, model.safetensors, which are not images this would write")
     assert (copy / "model.safetensors").is_file()
-    capsys.readouterr()
+    (out / "notes.txt").unlink()
+    (out / "sub").rmdir()
+    (out / ".DS_Store").write_text("")  # hidden files and earlier images: replaced
+    assert main(["sample", gan, "--n", "2", "--out", str(out), "--force"]) == 0
+    assert main(["sample", gan, "--n", "2", "--out", str(out), "--force"]) == 0
 
 
 def test_sampling_values_a_checkpoint_cannot_use_are_refused_before_writing(tmp_path, capsys):
@@ -141,11 +152,32 @@ def test_scorer_leaves_a_folder_that_is_not_an_output_alone(tmp_path):
     assert (folder / "report.md").read_text() == "mine" and not (folder / "score.json").exists()
 
 
-def test_hw_run_refuses_a_data_root_that_does_not_exist(tmp_path):
+def test_hw_run_refuses_a_data_root_that_does_not_exist(tmp_path, capsys):
     from grading import run
 
     assert run.main([str(tmp_path / "out"), str(tmp_path / "nope"), "--parts", "adaptation"]) == 2
+    one_line_error(capsys, "DATA_DIR " + str(tmp_path / "nope") + " is not a folder")
     assert not (tmp_path / "out").exists()
+
+
+def test_fresh_empties_a_run_that_stopped_in_its_first_steps(tiny_run_cfg):
+    from dlcv.training import train
+    from dlcv.training.common import run_dir
+
+    folder = run_dir(tiny_run_cfg)
+    (folder / "tensorboard").mkdir(parents=True)  # all a run killed before its first log point leaves
+    (folder / "tensorboard" / "events.out").write_text("x")
+    train(tiny_run_cfg, fresh=True)
+    assert not (folder / "tensorboard" / "events.out").exists() and (folder / "metrics.jsonl").is_file()
+
+
+def test_ddpm_sampling_runs_every_timestep_whatever_steps_says(tmp_path, capsys):
+    ddpm = tmp_path / "ddpm"
+    shutil.copytree(SHIPPED / "ddpm_digits", ddpm)
+    assert main(["sampling-config", str(ddpm), "--show", "--sampling.sampler=ddpm", "--sampling.steps=1000"]) == 0
+    assert main(["sampling-config", str(ddpm), "--show", "--sampling.sampler=ddim", "--sampling.steps=1000"]) == 0
+    assert main(["sampling-config", str(ddpm), "--show", "--sampling.sampler=dpm++2m", "--sampling.steps=1000"]) == 2
+    one_line_error(capsys, "must be between 1 and 999 for sampler dpm++2m")
 
 
 def test_eval_refuses_an_attribute_the_classifier_was_not_trained_on(capsys):
@@ -179,3 +211,11 @@ def test_a_device_torch_does_not_run_on_is_named(capsys):
     with pytest.raises(SystemExit):
         main(["data", "prepare", "--synth-mnistm", "-5"])
     assert "-5 is negative; give 0 or more" in capsys.readouterr().err
+
+
+def test_evaluate_checks_sampling_options_before_any_work(tmp_path, capsys):
+    argv = ["evaluate", str(SHIPPED / "ddpm_digits"), "--data", str(tmp_path), "--classifier", str(tmp_path / "none")]
+    assert main([*argv, "--sampling.steps=5000"]) == 2  # refused before the (missing) classifier is looked for
+    one_line_error(capsys, "sampling.steps=5000 must be between 1 and")
+    assert main(["evaluate", str(SHIPPED / "vae_faces"), "--sampling.guidance=3"]) == 2
+    one_line_error(capsys, "drop them for a vae checkpoint")

@@ -386,6 +386,10 @@ def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
     dann, refine = (table.plan(argparse.Namespace(pairs="mnistm:usps", methods=m, seeds="1", ablation="", data=""))[0]
                     for m in ("dann", "refine"))
     ckpt = train(apply_overrides(get_preset(dann["preset"]), table.train_overrides(dann, args)))
+    from dlcv import metadata  # as `python -m dlcv train` records it
+
+    command = metadata.train_command(dann["preset"], table.train_overrides(dann, args), str(ckpt))
+    checkpoint.update_document(ckpt, lambda d: {**d, "rebuild": [command]})
     (tmp_path / "table" / "results").mkdir(parents=True)
     (tmp_path / "table" / "results" / f"{dann['name']}.json").write_text(
         json.dumps({**dann, "returncode": 0, "metrics": checkpoint.read_config(ckpt)["metrics"], "checkpoint": str(ckpt)}))
@@ -393,6 +397,10 @@ def test_uda_table_refines_each_dann_runs_final_weights(tiny_digits, tmp_path):
     table.report(argparse.Namespace(**{**vars(args), "steps": {}, "set": []}, pairs="", methods="dann"))
     exported = str(tmp_path / "table" / "final" / dann["name"])
     assert checkpoint.read_config(exported)["run"]["method"]["select"] == "last"
+    # its rebuild list trains the same run with select=last into the exported folder, so a refinement can chain it
+    final = checkpoint.read_config(exported)
+    assert final["rebuild"][-1].endswith(f"--method.select=last --out {exported}")
+    assert metadata.check_rebuild(final) == [] and metadata.commands_that_write(exported) == final["rebuild"]
     assert table.final_checkpoint(dann, args)["checkpoint"] == exported
     overrides = table.train_overrides(refine, args)
     assert f"--method.init={exported}" in overrides and exported.endswith("final/dann_mnistm_to_usps_s1")

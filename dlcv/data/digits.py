@@ -85,17 +85,16 @@ def read_image_folder(folder: str | Path, channels: int | None = 3, image_size: 
 
 
 PREDICTIONS_HEADER = "image_name,label"
-SPLIT_FILES = ("train.csv", "val.csv", "test.csv")  # a domain's label files, beside its image folder
 
 
 def check_predictions_target(path: str | Path, images: str | Path, option: str = "--out") -> Path:
     """Refuse, before any work, a predictions destination whose file would be lost: an existing file that is not a
-    predictions CSV (an image, a config), or the label file of the images' own domain (which has the same layout).
-    An earlier predictions file is replaced."""
+    predictions CSV (an image, a config), or a domain's label file (train/val/test.csv beside a data/ folder, which
+    has the same layout). An earlier predictions file, or an empty one, is replaced."""
     from dlcv.fileio import check_file_target
 
     path = check_file_target(path, option)
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return path
     try:
         with path.open(encoding="utf-8") as f:
@@ -105,10 +104,9 @@ def check_predictions_target(path: str | Path, images: str | Path, option: str =
     if first != PREDICTIONS_HEADER:
         raise FileExistsError(f"{option} {path} exists and is not a predictions CSV (its first line is not "
                               f"{PREDICTIONS_HEADER}); choose a new file path")
-    here, folder = path.resolve().parent, Path(images).resolve()
-    if path.name in SPLIT_FILES and here in (folder, folder.parent):
-        raise FileExistsError(f"{option} {path} is the label file of the images' domain; write the predictions "
-                              f"elsewhere, e.g. {path.with_name('pred.csv')}")
+    if path.name in {f"{split}.csv" for split in SPLITS} and (path.parent / "data").is_dir():
+        raise FileExistsError(f"{option} {path} is the label file of a digits domain; write the predictions "
+                              f"elsewhere, e.g. {Path(images) / '..' / 'pred.csv'}")
     return path
 
 
@@ -122,6 +120,6 @@ def write_predictions(path: str | Path, names: list[str], labels: list[int]) -> 
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_name", "label"])
+    writer.writerow(PREDICTIONS_HEADER.split(","))
     writer.writerows(zip(names, (int(label) for label in labels)))
     atomic_write_text(path, buf.getvalue())

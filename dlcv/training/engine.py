@@ -528,16 +528,21 @@ def fit(cfg: RunConfig, family: type[Algorithm], out: str | Path | None = None, 
         dist_.close()
 
 
+# what a run writes into runs/<name> from its first steps on (TensorBoard's event file comes first)
+RUN_MARKS = (STATE_NAME, METRICS_NAME, "tensorboard", "samples", "snapshots")
+
+
 def _clear_run(folder: Path) -> None:
     """--fresh: remove a run's state, logs and samples (not the lock this process holds). A folder that holds
-    anything but has neither a state.pt nor a metrics.jsonl is not a run's, so it is refused, never emptied."""
+    anything but none of what a run writes first is not a run's, so it is refused, never emptied."""
     import shutil
 
+    from dlcv.fileio import listing
+
     held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
-    if held and not {STATE_NAME, METRICS_NAME} & set(held):
-        listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-        raise RuntimeError(f"--fresh: {folder} is not a run folder (no {STATE_NAME} or {METRICS_NAME}; it holds "
-                           f"{listed}) and is left as it is; choose another --name or --train.out_dir")
+    if held and not set(RUN_MARKS) & set(held):
+        raise RuntimeError(f"--fresh: {folder} is not a run folder (it holds {listing(held)}, none of "
+                           f"{', '.join(RUN_MARKS)}) and is left as it is; choose another --name or --train.out_dir")
     for path in folder.iterdir():
         if path.name == LOCK_NAME:
             continue
