@@ -84,6 +84,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed config.json of a checkpoint folder (a replace of it interrupted by a kill is finished first)."""
     recover(directory)
     path = Path(directory) / CONFIG_NAME
+    if not Path(directory).exists():
+        raise CheckpointError(f"{directory} does not exist; give a checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
     if not path.is_file():
         raise CheckpointError(f"{path} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:

@@ -36,7 +36,7 @@ def test_eval_course_classifier_file(tiny_digits, tmp_path, capsys):
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "no_such_preset"], "unknown preset 'no_such_preset'"),
     (["train", "classifier_digits", "--train.nope=1"], "unknown override key 'train.nope'"),
-    (["eval", "/no/such/ckpt"], "config.json not found"),
+    (["eval", "/no/such/ckpt"], "/no/such/ckpt does not exist; give a checkpoint folder"),
 ])
 def test_errors_are_one_line(argv, fragment, capsys):
     assert main(argv) == 2
