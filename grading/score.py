@@ -458,7 +458,7 @@ def read_manifest(out: Path) -> tuple[dict[str, Any], str]:
                        "seconds": _typed(part.get("seconds"), (int, float), f"{where}.seconds", dropped),
                        "message": _typed(part.get("message"), str, f"{where}.message", dropped),
                        "entries": [e for e in entries if e is not None]}
-    note = (f"manifest.json: ignored {len(dropped)} values of the wrong type ({listing(dropped, 5)}); "
+    note = (f"manifest.json: ignored {len(dropped)} values of the wrong type ({fileio.listing(dropped)}); "
             f"it was edited by hand or not written by hw_run.sh") if dropped else ""
     return {"parts": parts}, note
 
