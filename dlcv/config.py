@@ -36,7 +36,7 @@ def check_at_least(config: Any, section: str, least: int, *names: str) -> None:
     """Sizes a network is built from (widths, channels, classes): refused here, not as a tensor-shape error later."""
     for name in names:
         value = getattr(config, name)
-        if value < least:
+        if isinstance(value, int) and value < least:  # another type is the typed round trip's to name
             raise ValueError(f"{section}.{name}={value} must be at least {least}")
 
 

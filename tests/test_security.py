@@ -449,7 +449,8 @@ def test_bad_width_in_config_json_is_one_line(width, clf, capsys):
     (clf / "config.json").write_text(json.dumps(document))
     code, err = run_cli(["eval", str(clf)], capsys)
     assert code == 2 and len(err) == 1 and "config.json" in err[0]
-    assert ("config.width is" in err[0]) or ("cannot be built" in err[0])
+    assert any(f in err[0] for f in ("config.width is", "cannot be built", "model.width=0 must be at least 1",
+                                     "model.width=-3 must be at least 1"))
 
 
 def test_torch_weights_only_advice_is_one_line(tmp_path, capsys):
