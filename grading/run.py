@@ -359,6 +359,14 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
+def recorded_parts(manifest: Path) -> set[str]:
+    """The parts an earlier hw_run.sh recorded in OUT_DIR/manifest.json (none when it is missing or unreadable)."""
+    try:
+        return set(json.loads(manifest.read_text())["parts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def run(out: Path, data: Path, checkpoints: Path, seed: int = 0, parts: tuple[str, ...] = PARTS,
         force: bool = False) -> dict[str, Any]:
     """Write the selected parts into `out` and return the manifest (also written to out/manifest.json)."""
@@ -367,10 +375,17 @@ def run(out: Path, data: Path, checkpoints: Path, seed: int = 0, parts: tuple[st
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{out} is not empty; pass --force to replace its outputs or choose another OUT_DIR")
+        written = recorded_parts(out / "manifest.json")
+        foreign = [name for name in parts if (out / name).exists() and name not in written]
+        if foreign:  # e.g. OUT_DIR = a data root, whose digits/ is not ours to delete
+            raise FileExistsError(f"{out} holds {', '.join(n + '/' for n in foreign)}, which its manifest.json does "
+                                  f"not record as written by hw_run.sh; --force replaces only those; choose another "
+                                  f"OUT_DIR")
         for name in parts:  # replace only what this run writes; other files in OUT_DIR stay
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("score.json", "report.md"):  # grades of the old outputs would be stale
-            (out / name).unlink(missing_ok=True)
+        if written:  # grades of the old outputs would be stale
+            for name in ("score.json", "report.md"):
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest: dict[str, Any] = {"parts": {}}

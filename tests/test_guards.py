@@ -219,3 +219,14 @@ def test_evaluate_checks_sampling_options_before_any_work(tmp_path, capsys):
     one_line_error(capsys, "sampling.steps=5000 must be between 1 and")
     assert main(["evaluate", str(SHIPPED / "vae_faces"), "--sampling.guidance=3"]) == 2
     one_line_error(capsys, "drop them for a vae checkpoint")
+
+
+def test_hw_run_force_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
+    from grading import run
+
+    root = tmp_path / "data"  # a data root given as OUT_DIR by mistake: its digits/ is not an output
+    (root / "digits" / "usps").mkdir(parents=True)
+    (root / "digits" / "usps" / "test.csv").write_text("image_name,label\n")
+    assert run.main([str(root), "--force", "--parts", "digits", "--checkpoints", str(tmp_path / "none")]) == 2
+    one_line_error(capsys, "which its manifest.json does not record as written by hw_run.sh")
+    assert (root / "digits" / "usps" / "test.csv").is_file()
