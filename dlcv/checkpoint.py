@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_model
 
 from dlcv import metadata
 from dlcv.config import from_dict, to_dict
-from dlcv.fileio import atomic_dir, recover
+from dlcv.fileio import atomic_dir, listing, recover
 from dlcv.models import architecture_of, build_model, model_config_class
 from dlcv.models.classifier import Classifier, ClassifierConfig
 
@@ -49,10 +49,8 @@ def check_replaceable(directory: str | os.PathLike, architecture: str | None = N
         raise FileExistsError(f"{directory} is a file; give a folder for the checkpoint")
     others = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
     if others:
-        from dlcv.fileio import listing
-
-        raise FileExistsError(f"{directory} holds other files ({listing(others)}), which writing a checkpoint there would "
-                              f"delete; give a new or empty folder (or an existing checkpoint) instead")
+        raise FileExistsError(f"{directory} holds other files ({listing(others)}), which writing a checkpoint there "
+                              f"would delete; give a new or empty folder (or an existing checkpoint) instead")
     try:
         theirs = json.loads((directory / CONFIG_NAME).read_text()).get("architecture")
     except (OSError, ValueError, AttributeError):  # no or unreadable config.json: nothing a model could lose

@@ -65,13 +65,13 @@ def evaluate(path: str | os.PathLike, data: str | os.PathLike, options: EvalOpti
     model, document = checkpoint.load(path)
     architecture, config = document["architecture"], model.config
     data = Path(data)
-    _sampling_options(document, options)  # a bad --sampling.* fails now, not after the classifier has loaded
+    sampling = _sampling_options(document, options)  # a bad --sampling.* fails now, before any other work
     if architecture == "vae":
         return _vae(model, data, options)
     if architecture in ("generator", "unet"):
         if config.image_size == 64:
             return _faces(Path(path), model, document, data, options)
-        return _digits(model, document, data, options)
+        return _digits(model, document, data, options, sampling)
     if architecture == "uda_net":
         return _uda(model, document, data, options)
     if architecture == "classifier":
@@ -224,9 +224,10 @@ def _sampling_options(document: dict[str, Any], options: EvalOptions) -> dict[st
     return {k: v for k, v in asdict(resolved).items() if k in DIFFUSION_KEYS}
 
 
-def _digits(model: torch.nn.Module, document: dict[str, Any], data: Path, options: EvalOptions) -> dict[str, Any]:
-    """The course classifier's accuracy (overall, per class) on samples/10 digits per class, and digit-FID against
-    100 MNIST-M test digits per class."""
+def _digits(model: torch.nn.Module, document: dict[str, Any], data: Path, options: EvalOptions,
+            sampling: dict[str, Any]) -> dict[str, Any]:
+    """The course classifier's accuracy (overall, per class) on samples/10 digits per class, drawn with `sampling`
+    (the checked --sampling.* keywords), and digit-FID against 100 MNIST-M test digits per class."""
     from dlcv.metrics import digit_scores, embed
 
     per_class = options.per_class(10)
@@ -239,8 +240,7 @@ def _digits(model: torch.nn.Module, document: dict[str, Any], data: Path, option
         bar.n = done
         bar.refresh()
 
-    images = generate_digit_images(model, document, labels, options.seed, progress=progress,
-                                   **_sampling_options(document, options))
+    images = generate_digit_images(model, document, labels, options.seed, progress=progress, **sampling)
     bar.close()
     scores = digit_scores(classifier, to_uint8(images), labels, embed(classifier, reference_digits(data)))
     protocol = Protocol(samples=len(labels), reference="digits/mnistm/test", seed=options.seed,

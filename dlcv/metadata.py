@@ -383,13 +383,10 @@ def commands_that_write(folder: str | Path) -> list[str]:
 def retarget(command: str, out: str | Path, *overrides: str) -> str:
     """A recorded `python -m dlcv train` command with more overrides and another --out (e.g. the final weights of a
     run that selected others: --method.select=last)."""
-    argv, kept, skip = shlex.split(command), [], False
-    for word in argv:
-        if skip or word == "--out":
-            skip = word == "--out"
-            continue
-        kept.append(word)
-    return shlex.join([*(w for w in kept if not w.startswith("--out=")), *overrides, "--out", str(out)])
+    argv = shlex.split(command)
+    kept = [w for i, w in enumerate(argv)
+            if w != "--out" and not w.startswith("--out=") and not (i and argv[i - 1] == "--out")]
+    return shlex.join([*kept, *overrides, "--out", str(out)])
 
 
 # ---------------------------------------------------------------- the whole document

@@ -422,7 +422,8 @@ def validator_report(args: argparse.Namespace) -> str:
     records.sort(key=lambda r: (PAIRS.index((r["source"], r["target"])) if (r["source"], r["target"]) in PAIRS
                                 else 99, order.get(r["method"], 99), r["seed"]))
     rules = [*RULES, "last"]
-    lines = ["Target **test** accuracy (%) of the evaluation each rule picks (step in brackets); oracle: the best target",
+    lines = ["Target **test** accuracy (%) of the evaluation each rule picks (step in brackets); oracle: "
+             "the best target",  # one output line of 120 columns
              "test accuracy over the same evaluations (reads target labels; never used to pick).", "",
              "| pair | method | seed | " + " | ".join(rules) + " | oracle |", "| --- | --- | ---: |"
              + " ---: |" * (len(rules) + 1)]

@@ -34,6 +34,7 @@ from PIL import Image
 
 from dlcv import fileio
 from dlcv.config import default_data_root
+from dlcv.data.digits import PREDICTIONS_HEADER
 from dlcv.fileio import atomic_write_text
 from grading.run import PARTS, target_accuracy
 
@@ -44,7 +45,7 @@ DIGIT_FOLDERS = ("acgan", "diffusion")
 N_IMAGES = 1000
 FACE_SIZE, DIGIT_SIZE = 64, 28
 GREY_MODES = ("L", "LA", "1", "I", "I;16", "F")
-HEADER = ["image_name", "label"]
+HEADER = PREDICTIONS_HEADER.split(",")
 MAX_LISTED = 20  # names listed per problem in the report; the count is always complete
 listing = functools.partial(fileio.listing, most=MAX_LISTED)  # 'a, b, c and 12 more'
 # dlib's HOG + linear SVM frontal face detector is what face_recognition's face_locations(model="hog") runs, the
@@ -647,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     if not out.is_dir():
         print(f"error: {out} is not a folder; run `bash grading/hw_run.sh {out}` first", file=sys.stderr)
         return 2
-    if not any((out / name).exists() for name in ("manifest.json", *PARTS)):  # not an output: its files stay as they are
+    if not any((out / name).exists() for name in ("manifest.json", *PARTS)):  # not an output: its files stay
         print(f"error: {out} holds none of manifest.json, {', '.join(p + '/' for p in PARTS)}; run `bash "
               f"grading/hw_run.sh {out}` first (nothing was written there)", file=sys.stderr)
         return 2

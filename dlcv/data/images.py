@@ -30,7 +30,8 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.is_file() else "does not exist"
-        raise DataError(f"image folder {folder} {what}; give the folder of images, or run `python -m dlcv data prepare`")
+        raise DataError(f"image folder {folder} {what}; give the folder of images, or run `python -m dlcv data "
+                        f"prepare`")
     names = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith(".") or entry.is_dir():

@@ -31,7 +31,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm import tqdm
 
 from dlcv import checkpoint, precision
-from dlcv.fileio import pid_alive
+from dlcv.fileio import listing, pid_alive
 from dlcv.config import RunConfig, TrainConfig, to_dict
 from dlcv.data.loaders import to_image_range
 from dlcv.precision import Choice
@@ -536,8 +536,6 @@ def _clear_run(folder: Path) -> None:
     """--fresh: remove a run's state, logs and samples (not the lock this process holds). A folder that holds
     anything but none of what a run writes first is not a run's, so it is refused, never emptied."""
     import shutil
-
-    from dlcv.fileio import listing
 
     held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
     if held and not set(RUN_MARKS) & set(held):
