@@ -93,6 +93,8 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except (ValueError, TypeError, KeyError, OverflowError) as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if isinstance(err, TypeError) and None in (*args, *kwargs.values()):  # int(None): a cleared number box
+                message = "a number box is empty; type a value into it (for example seed 0)"
             raise gr.Error(message, print_exception=False) from None
     return wrapper
 

@@ -25,6 +25,7 @@ from dlcv import checkpoint, hub
 # the demo pages read the roles through the service
 from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401
                           SMILING_CLASSIFIER, SMILING_GAN)
+from dlcv.data.images import eight_bit
 from dlcv.data.loaders import to_model_range
 from dlcv.metadata import SELECTION_NAMES
 
@@ -32,6 +33,7 @@ DIGIT_LABELS = [str(d) for d in range(10)]
 SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (all of dlcv.metadata.Sampler)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
+MAX_SEED = 2**32 - 1  # the CLI's --seed range (dlcv.cli.seed_type)
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +221,20 @@ class Catalog:
     notes: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> ModelInfo:
-        """The named checkpoint, or ModelMissing with the command that makes it."""
+        """The named checkpoint, or ModelMissing with the command that makes it (also when a role's folder holds
+        another kind of model, which the demo's page for that role cannot run)."""
         if name not in self.models:
             raise ModelMissing(missing_note(name))
-        return self.models[name]
+        info = self.models[name]
+        if name in ROLE_KINDS:
+            architecture, num_classes = ROLE_KINDS[name]
+            have = info.config.get("num_classes") or 0
+            if info.architecture != architecture or (num_classes is not None and have != num_classes):
+                held, wanted = info.architecture, architecture
+                if num_classes is not None:
+                    held, wanted = f"{held} with num_classes={have}", f"{wanted} with num_classes={num_classes}"
+                raise ModelMissing(missing_note(name, f"{info.path} holds a {held} checkpoint, not a {wanted}"))
+        return info
 
     def face_generators(self) -> list[ModelInfo]:
         """Unconditional 64x64 generators: method A (DCGAN) and B (SNGAN) first."""
@@ -239,6 +251,11 @@ class Catalog:
 
 
 PAIR_SEPARATOR = " -> "  # the demo's pair labels: "source -> target"
+# what the demo's pages run each role's checkpoint as: (architecture, num_classes or None for any)
+ROLE_KINDS: dict[str, tuple[str, int | None]] = {
+    FACE_GAN_ORDER[0]: ("generator", None), FACE_GAN_ORDER[1]: ("generator", None), SMILING_GAN: ("generator", 2),
+    FACE_VAE: ("vae", None), SMILING_CLASSIFIER: ("classifier", 2), DIGIT_DIFFUSION: ("unet", 10),
+    DIGIT_GAN: ("generator", 10)}
 
 
 def pair_target(pair: str) -> str:
@@ -246,8 +263,8 @@ def pair_target(pair: str) -> str:
     return pair.split(PAIR_SEPARATOR)[-1]
 
 
-def missing_note(name: str) -> str:
-    """One line saying that checkpoint `name` is missing and how to get it."""
+def missing_note(name: str, why: str = "") -> str:
+    """One line saying that checkpoint `name` is missing (or `why` it cannot be used) and how to get it."""
     where = f"{checkpoints_root()}/{name}"
     repos = hub_repos()
     hub_part = f" or in the Hub repos ({', '.join(repos)})" if repos else ""
@@ -257,7 +274,8 @@ def missing_note(name: str) -> str:
                f"--data.target_domain={uda.target} --out checkpoints/{name}`")
     else:
         how = f"train it with `python -m dlcv train {name} --out checkpoints/{name}`"
-    return f"`{name}` is not available (no checkpoint in {where}{hub_part}); {how}, or pull it with " \
+    why = why or f"no checkpoint in {where}{hub_part}"
+    return f"`{name}` is not available ({why}); {how}, or pull it with " \
            f"`python -m dlcv hub pull <org>/{name}`."
 
 
@@ -292,6 +310,12 @@ def load_cached(path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 # ---------------------------------------------------------------- faces
 
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed outside 0..MAX_SEED (the CLI's range) in one line, before torch overflows or wraps it."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name}={seed!r} is out of range; give a whole number from 0 to {MAX_SEED}")
+
+
 def _z(model: torch.nn.Module, seed: int, n: int) -> torch.Tensor:
     """The latent z_i of images 0..n-1 of a run seeded `seed`: the same draws sample_gan makes (seed + i)."""
     from dlcv.sampling import image_generators, per_image_noise
@@ -318,6 +342,7 @@ def generate_faces(model: torch.nn.Module, document: dict[str, Any], n: int, see
     sample_gan does."""
     from dlcv.sampling import sample_gan
 
+    check_seed(seed)
     architecture = document["architecture"]
     if architecture == "vae":
         try:
@@ -346,6 +371,7 @@ def smiling_pairs(generator: torch.nn.Module, n: int, seed: int = 0, truncation:
     """(not smiling, smiling): the same z_i with label 0 and with label 1 from an ACGAN with num_classes=2."""
     from dlcv.sampling import sample_gan
 
+    check_seed(seed)
     if generator.config.num_classes != 2:
         raise ValueError(f"smiling pairs need an ACGAN with num_classes=2 (label 1 = Smiling); this generator "
                          f"has num_classes={generator.config.num_classes}")
@@ -367,8 +393,13 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def interpolate(model: torch.nn.Module, document: dict[str, Any], seed_a: int, seed_b: int, steps: int = 8,
                 mode: str = "slerp", label: int | None = None) -> torch.Tensor:
     """(steps, C, H, W) images along the path from the z of seed_a's first image to seed_b's (GAN or VAE)."""
+    if document["architecture"] not in ("generator", "vae"):
+        raise ValueError(f"a {document['architecture']} checkpoint has no latent space to interpolate; pick a "
+                         f"generator or a vae")
     if mode not in ("slerp", "lerp"):
         raise ValueError(f"mode={mode!r}; choose 'slerp' or 'lerp'")
+    check_seed(seed_a, "seed A")
+    check_seed(seed_b, "seed B")
     if steps < 2:
         raise ValueError(f"steps={steps}: an interpolation needs at least 2 images (the two ends)")
     z0, z1 = _z(model, seed_a, 1)[0], _z(model, seed_b, 1)[0]
@@ -416,6 +447,7 @@ def digits(model: torch.nn.Module, document: dict[str, Any], digit: int | None, 
     digit=None gives one image of every digit 0..9 (count is ignored)."""
     from dlcv.sampling import sample_gan
 
+    check_seed(seed)
     num_classes = model.config.num_classes
     if digit is None:
         labels = torch.arange(num_classes)
@@ -518,7 +550,10 @@ def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
         if isinstance(err, UploadError):
             raise
         raise UploadError("that file is not a readable image; upload a PNG or JPEG") from None
-    return image
+    try:
+        return eight_bit(image)
+    except ValueError as err:
+        raise UploadError(f"that image {err}, and upload it again") from None
 
 
 def open_upload_path(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:

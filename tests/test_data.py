@@ -516,6 +516,11 @@ READER_CASES = {
                        lambda r: read_digits(r, "usps", "train"), "00005.png"),
     "transparent png": (lambda r: Image.new("RGBA", (28, 28), (1, 2, 3, 0)).save(r / "digits/mnistm/data/00006.png"),
                         lambda r: read_digits(r, "mnistm", "train"), "00006.png"),
+    "palette with a transparent colour": (
+        lambda r: Image.new("L", (28, 28), 0).convert("P").save(r / "digits/mnistm/data/00007.png", transparency=0),
+        lambda r: read_digits(r, "mnistm", "train"), "00007.png has transparent pixels"),
+    "32-bit pixels": (lambda r: Image.new("F", (28, 28), 0.5).save(r / "digits/usps/data/00008.png", "TIFF"),
+                      lambda r: read_digits(r, "usps", "train"), "00008.png has 32-bit pixels"),
     "wrong face size": (lambda r: save_png(r / "face/val/00002.png", np.zeros((28, 28, 3), np.uint8)),
                         lambda r: read_faces(r, "val"), "00002.png"),
     "face csv bad value": (lambda r: write_csv(r / "face/val.csv", [["image_name", "Smiling"], ["00000.png", "2"]]),
@@ -801,3 +806,11 @@ def test_atomic_dir_keeps_the_old_folder_on_error(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "b.txt").write_text("new")
     assert sorted(os.listdir(target)) == ["b.txt"] and sorted(os.listdir(tmp_path)) == ["target"]
+
+
+def test_16_bit_grey_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from dlcv.data.images import read_image
+
+    grey = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) % 256
+    Image.fromarray((grey * 257).astype(np.uint16)).save(tmp_path / "a.png")  # mode I;16
+    assert np.array_equal(read_image(tmp_path / "a.png", 28, 1)[..., 0], grey)  # Pillow's convert gives 255s

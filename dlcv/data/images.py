@@ -59,15 +59,13 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int |
                 raise DataError(f"{path} is {img.width}x{img.height} pixels, over Pillow's limit of "
                                 f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb guard); shrink it or remove it")
             img.load()  # decode now: truncated files fail here, not later in training
-            mode = img.mode
-            if mode == "RGBA":
-                alpha = np.asarray(img.getchannel("A"))
-                if alpha.min() < 255:
-                    raise DataError(f"{path} has transparent pixels (RGBA); save it as RGB or grey")
+            try:
+                img = eight_bit(img)
+            except ValueError as err:
+                raise DataError(f"{path} {err}") from None
+            if img.mode in ("RGBA", "P", "CMYK", "YCbCr"):
                 img = img.convert("RGB")
-            elif mode in ("P", "CMYK", "YCbCr"):
-                img = img.convert("RGB")
-            elif mode in ("LA", "I;16", "I", "F", "1"):
+            elif img.mode in ("LA", "1"):
                 img = img.convert("L")
             if channels == 3 and img.mode == "L":
                 img = img.convert("RGB")
@@ -87,6 +85,30 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int |
     if array.ndim == 2:
         array = array[:, :, None]
     return array
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """`image` with 8-bit pixels: 16-bit grey scaled to 8 bits (Pillow's convert clips it to white). ValueError,
+    worded to follow the image's name, for 32-bit pixels and for transparent ones, whose colour is unknown."""
+    if image.mode in ("I", "F"):
+        raise ValueError(f"has 32-bit pixels (mode {image.mode}); save it as an 8- or 16-bit PNG or as JPEG")
+    if image.has_transparency_data and has_transparent_pixels(image):
+        raise ValueError("has transparent pixels, whose colour is unknown; flatten it onto a background (e.g. save "
+                         "it as JPEG)")
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image).astype(np.float32) / 257).round().astype(np.uint8))
+    return image
+
+
+def has_transparent_pixels(image: Image.Image) -> bool:
+    """Whether an alpha channel, palette alpha or PNG colour key (tRNS) makes any pixel not fully opaque."""
+    if image.mode == "P" or {"A", "a"} & set(image.getbands()):
+        return bool(np.asarray(image.convert("RGBA").getchannel("A")).min() < 255)
+    pixels, key = np.asarray(image), image.info.get("transparency")  # L, RGB or I;16 with one transparent colour
+    if key is None:
+        return False
+    matches = pixels == np.asarray(key)
+    return bool((matches.all(axis=-1) if pixels.ndim == 3 else matches).any())
 
 
 def read_images(folder: str | os.PathLike, names: list[str], size: int | None, channels: int | None,
