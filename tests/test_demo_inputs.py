@@ -55,7 +55,8 @@ def transparent_uploads() -> dict[str, bytes]:
     rgba[grey > 128] = (0, 0, 0, 255)  # a black digit on a clear canvas: dropping alpha leaves black on black
     digit = Image.fromarray(grey)
     return {"RGBA": encoded(Image.fromarray(rgba)), "palette": encoded(digit.convert("P"), transparency=0),
-            "grey colour key": encoded(digit, transparency=0), "GIF": encoded(digit.convert("P"), "GIF", transparency=0)}
+            "grey colour key": encoded(digit, transparency=0),
+            "GIF": encoded(digit.convert("P"), "GIF", transparency=0)}
 
 
 @pytest.mark.parametrize("kind", list(transparent_uploads()))
@@ -72,7 +73,7 @@ def test_opaque_alpha_channel_is_accepted():
 @pytest.mark.parametrize("array", [np.random.default_rng(0).random((28, 28), dtype=np.float32),
                                    np.full((28, 28), 70000, np.int32)], ids=["float", "int32"])
 def test_32_bit_upload_is_refused_by_name(array):
-    with pytest.raises(service.UploadError, match="32-bit pixels .*an 8- or 16-bit PNG or as JPEG, and upload it again"):
+    with pytest.raises(service.UploadError, match="32-bit pixels .*8- or 16-bit PNG or as JPEG, and upload it again"):
         service.open_upload(encoded(Image.fromarray(array), "TIFF"))
 
 
