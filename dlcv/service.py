@@ -551,9 +551,12 @@ def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
             raise
         raise UploadError("that file is not a readable image; upload a PNG or JPEG") from None
     try:
-        return eight_bit(image)
+        image = eight_bit(image)
     except ValueError as err:
         raise UploadError(f"that image {err}, and upload it again") from None
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)  # a phone photo upright, as its viewer shows it
 
 
 def open_upload_path(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:

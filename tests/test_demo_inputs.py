@@ -122,3 +122,13 @@ def test_cleared_gradio_number_box_is_named():
 
     with pytest.raises(gradio_app.gr.Error, match="a number box is empty; type a value"):
         gradio_app.one_line_errors(lambda n, seed: int(seed))(4, None)
+
+
+def test_phone_photo_is_turned_upright_by_its_exif_orientation():
+    upright = Image.fromarray(grey_digit())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels are the upright image turned 90 degrees anticlockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    opened = service.open_upload(encoded(stored, "JPEG", exif=exif, quality=100))
+    assert opened.size == upright.size
+    assert np.abs(np.asarray(opened, np.int16) - np.asarray(upright, np.int16)).mean() < 4
