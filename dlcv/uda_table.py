@@ -16,7 +16,8 @@ as `python -m dlcv train uda_<method> ...` subprocesses in a pool; then a markdo
 Each run writes its output (progress bar, errors) to <out>/logs/<run>.log as it trains. A run whose results/<run>.json
 exists is skipped, and a run cut short continues from its last state (every 500 steps) when its config is unchanged, so
 an interrupted table resumes; a target-only run is shared by the pairs with the same target. Model selection inside each
-run uses source val accuracy only; the oracle (target-val-selected) figure is reported in its own column.
+run uses source val accuracy (or the label-free validator `--set=--method.select=RULE` names; --ship then ranks the
+seeds by it too); the oracle (target-val-selected) figure is reported in its own column.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from dlcv import catalog
+from dlcv.metadata import SELECTION_NAMES
 from dlcv.catalog import UDA_PAIRS as PAIRS  # svhn pairs only run when svhn is prepared
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the training subprocesses run in
@@ -361,10 +363,13 @@ def report(args: argparse.Namespace) -> str:
 
     chosen = ("each run's final weights (the label-free 'last' rule)" if args.final
               else "weights selected by source-val accuracy (no target labels)")
-    final_rule = [COLUMNS[m] for m in methods if not args.final
-                  and all(r["metrics"].get("selected_by") == "last" for r in table if r["method"] == m)]
-    if final_rule:  # e.g. refine, whose preset ships its final weights
-        chosen += f"; {', '.join(final_rule)}: each run's final weights (its preset's rule)"
+    for m in methods if not args.final else ():  # a method whose runs another rule picked says which
+        rules = {r["metrics"].get("selected_by", "labelled_val") for r in table if r["method"] == m}
+        if rules == {"last"}:  # e.g. refine, whose preset ships its final weights
+            chosen += f"; {COLUMNS[m]}: each run's final weights (its preset's rule)"
+        elif rules != {"labelled_val"}:
+            chosen += f"; {COLUMNS[m]}: weights picked by " + (
+                SELECTION_NAMES[rules.pop()] if len(rules) == 1 else "each run's own rule (see its overrides)")
     lines = [f"Target **test** accuracy (%), mean ± std over seeds; {chosen}. Oracle: the same runs' weights "
              "selected by target-val accuracy (uses target labels; for reference only).", "",
              "| pair | " + " | ".join(COLUMNS[m] for m in methods) + " | "
@@ -561,10 +566,29 @@ def tsne_over_training(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(models)} snapshots, {n} val images per domain)", flush=True)
 
 
+def selection_score(run: dict, out: str) -> float:
+    """The score the run's own selection rule gave its selected weights, so that seeds are ranked by the rule that
+    picked their steps: labelled val accuracy (rules labelled_val and last), else the label-free validator its log
+    recorded at the selected step."""
+    metrics = run["metrics"]
+    rule = metrics.get("selected_by", "labelled_val")
+    if rule in ("labelled_val", "last"):
+        return metrics["labelled_val_acc"]
+    log = Path(out) / "runs" / run["name"] / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    scores = [r[f"validator/{rule}"] for r in records
+              if r.get("step") == metrics["selected_step"] and f"validator/{rule}" in r]
+    if not scores:
+        raise SystemExit(f"{log} has no {rule} score at step {metrics['selected_step']}, which ranks {run['name']} "
+                         f"among its seeds; ship from the --out folder the runs trained in")
+    return scores[-1]
+
+
 def ship(args: argparse.Namespace) -> None:
     """Copy, per pair (those of --pairs if given) and method of --ship-methods (default: DANN and every improved
-    method), the run with the best *source*-val accuracy (never target test; ties go to the lower seed) to
-    <dir>/uda_<method>_<src>_to_<tgt>."""
+    method), the seed whose selected weights score best by the rule that selected them (selection_score: source-val
+    accuracy unless the runs were trained with another --method.select; never target labels; ties go to the lower
+    seed) to <dir>/uda_<method>_<src>_to_<tgt>."""
     methods = tuple(m for m in args.ship_methods.split(",") if m) if args.ship_methods else ADAPTED
     unknown = sorted(set(methods) - set(ADAPTED))
     if unknown:
@@ -574,7 +598,7 @@ def ship(args: argparse.Namespace) -> None:
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
     for (method, src, tgt), group in sorted(groups.items()):
-        best = max(group, key=lambda r: (r["metrics"]["labelled_val_acc"], -r["seed"]))
+        best = max(group, key=lambda r: (selection_score(r, args.out), -r["seed"]))
         dest = Path(args.ship) / catalog.uda_name(method, src, tgt)
         from dlcv.cli import main as dlcv_main  # `export`: the copy records how it was made in its rebuild list
 
@@ -583,7 +607,8 @@ def ship(args: argparse.Namespace) -> None:
         size = sum(p.stat().st_size for p in dest.iterdir()) / 2**20
         if size > 10:
             raise SystemExit(f"{dest} is {size:.1f} MB, over the 10 MB limit; use a smaller --model.width")
-        print(f"{dest}: seed {best['seed']}, source val {best['metrics']['labelled_val_acc']:.4f}, target test "
+        print(f"{dest}: seed {best['seed']}, {best['metrics'].get('selected_by', 'labelled_val')} "
+              f"{selection_score(best, args.out):.4g}, source val {best['metrics']['labelled_val_acc']:.4f}, target test "
               f"{best['metrics']['target_test_acc']:.4f}, {size:.1f} MB", flush=True)
 
 

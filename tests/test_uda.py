@@ -600,3 +600,25 @@ def test_uda_table_report_says_how_each_cell_was_trained(tmp_path):
     assert "my data" not in text and "checkpoints" not in text  # place and output paths are not settings
     assert table.run_settings({"command": "not a dlcv command"}) == "?"
     assert table.run_settings({"command": None}) == "?"
+
+
+def test_uda_table_ships_the_seed_its_selection_rule_ranks_best(tmp_path):
+    """Runs whose steps a label-free validator picked are ranked among seeds by that validator's score at the picked
+    step (from their logs), not by source val; source-val runs keep source val."""
+    table = _uda_table()
+
+    def run(seed: int, rule: str, val: float, score: float) -> dict:
+        name = f"gta_mnistm_to_usps_s{seed}"
+        log = tmp_path / "runs" / name / "metrics.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text("\n".join(json.dumps({"step": step, "validator/target_bnm": score - (step != 2000)})
+                                 for step in (1000, 2000)) + "\n")
+        return {"name": name, "seed": seed, "metrics": {"selected_by": rule, "selected_step": 2000,
+                                                        "labelled_val_acc": val}}
+
+    by_bnm = [run(0, "target_bnm", 0.951, 0.09), run(1, "target_bnm", 0.955, 0.08)]
+    assert max(by_bnm, key=lambda r: table.selection_score(r, str(tmp_path)))["seed"] == 0
+    assert table.selection_score({**by_bnm[1], "metrics": {**by_bnm[1]["metrics"], "selected_by": "labelled_val"}},
+                                 str(tmp_path)) == 0.955
+    with pytest.raises(SystemExit, match="no target_bnm score at step 1500"):
+        table.selection_score({**by_bnm[0], "metrics": {**by_bnm[0]["metrics"], "selected_step": 1500}}, str(tmp_path))
