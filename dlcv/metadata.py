@@ -111,6 +111,7 @@ class UDAMetrics:
     target_test_acc: float | None = None
     selected_step: int | None = None
     selected_by: SelectionRule | None = None
+    selected_score: float | None = None  # what selected_by scored the selected weights; ranks seeds (not for last)
     labelled_val_acc: float | None = None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dlcv import catalog as model_catalog
 from dlcv import checkpoint, hub
@@ -551,12 +551,13 @@ def open_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
             raise
         raise UploadError("that file is not a readable image; upload a PNG or JPEG") from None
     try:
-        image = eight_bit(image)
+        image = ImageOps.exif_transpose(image)  # a phone photo upright, as its viewer shows it
+    except (OSError, SyntaxError, ValueError):  # a damaged EXIF block: the pixels as stored (and as shown)
+        pass
+    try:
+        return eight_bit(image)
     except ValueError as err:
         raise UploadError(f"that image {err}, and upload it again") from None
-    from PIL import ImageOps
-
-    return ImageOps.exif_transpose(image)  # a phone photo upright, as its viewer shows it
 
 
 def open_upload_path(path: str | os.PathLike, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:

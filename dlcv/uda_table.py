@@ -340,6 +340,25 @@ def run_settings(record: dict) -> str:
     return " ".join(f"`{t}`" for t in kept) or "the preset's"
 
 
+def selection_phrase(table: list[dict], methods: list[str]) -> str:
+    """How the table's weights were chosen (never by target labels), per group of methods where the rules differ."""
+    def phrase(rules: set[str]) -> str:
+        if rules == {"labelled_val"}:
+            return "weights selected by source-val accuracy"
+        if rules == {"last"}:  # e.g. refine, whose preset ships its final weights
+            return "each run's final weights (its preset's rule)"
+        return f"weights picked by {SELECTION_NAMES[rules.pop()]}" if len(rules) == 1 else \
+            "each run's own rule (see its overrides)"
+
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        rules = {r["metrics"].get("selected_by", "labelled_val") for r in table if r["method"] == m}
+        groups.setdefault(phrase(rules), []).append(COLUMNS[m])
+    if len(groups) == 1:
+        return f"{next(iter(groups))} (no target labels)"
+    return "; ".join(f"{', '.join(names)}: {how}" for how, names in groups.items()) + " (no target labels)"
+
+
 def report(args: argparse.Namespace) -> str:
     """Markdown: the main table (mean ± std over seeds of target test accuracy, %), how each of its cells was trained
     (run_settings), and the ablation table. Runs from other folders count once their results/<name>.json is copied
@@ -361,15 +380,7 @@ def report(args: argparse.Namespace) -> str:
         return [r["metrics"][key] for r in pool if (r["source"], r["target"]) == (src, tgt)
                 and all(r[k] == v for k, v in match.items()) and r["metrics"].get(key) is not None]
 
-    chosen = ("each run's final weights (the label-free 'last' rule)" if args.final
-              else "weights selected by source-val accuracy (no target labels)")
-    for m in methods if not args.final else ():  # a method whose runs another rule picked says which
-        rules = {r["metrics"].get("selected_by", "labelled_val") for r in table if r["method"] == m}
-        if rules == {"last"}:  # e.g. refine, whose preset ships its final weights
-            chosen += f"; {COLUMNS[m]}: each run's final weights (its preset's rule)"
-        elif rules != {"labelled_val"}:
-            chosen += f"; {COLUMNS[m]}: weights picked by " + (
-                SELECTION_NAMES[rules.pop()] if len(rules) == 1 else "each run's own rule (see its overrides)")
+    chosen = "each run's final weights (the label-free 'last' rule)" if args.final else selection_phrase(table, methods)
     lines = [f"Target **test** accuracy (%), mean ± std over seeds; {chosen}. Oracle: the same runs' weights "
              "selected by target-val accuracy (uses target labels; for reference only).", "",
              "| pair | " + " | ".join(COLUMNS[m] for m in methods) + " | "
@@ -568,12 +579,14 @@ def tsne_over_training(args: argparse.Namespace) -> None:
 
 def selection_score(run: dict, out: str) -> float:
     """The score the run's own selection rule gave its selected weights, so that seeds are ranked by the rule that
-    picked their steps: labelled val accuracy (rules labelled_val and last), else the label-free validator its log
-    recorded at the selected step."""
+    picked their steps: labelled val accuracy (rules labelled_val and last), else the label-free validator's score
+    its result records (selected_score) or, for runs recorded without it, its log holds at the selected step."""
     metrics = run["metrics"]
     rule = metrics.get("selected_by", "labelled_val")
     if rule in ("labelled_val", "last"):
         return metrics["labelled_val_acc"]
+    if metrics.get("selected_score") is not None:
+        return metrics["selected_score"]
     log = Path(out) / "runs" / run["name"] / "metrics.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     scores = [r[f"validator/{rule}"] for r in records
@@ -598,6 +611,10 @@ def ship(args: argparse.Namespace) -> None:
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
     for (method, src, tgt), group in sorted(groups.items()):
+        rules = sorted({r["metrics"].get("selected_by", "labelled_val") for r in group} - {"last"} or {"last"})
+        if len(rules) > 1:  # their scores are on different scales: labelled val accuracy, BNM, ...
+            raise SystemExit(f"{method} {src} -> {tgt}: the seeds were selected by different rules ({', '.join(rules)})"
+                             f"; ship runs trained with one --method.select (or --pairs / another --out)")
         best = max(group, key=lambda r: (selection_score(r, args.out), -r["seed"]))
         dest = Path(args.ship) / catalog.uda_name(method, src, tgt)
         from dlcv.cli import main as dlcv_main  # `export`: the copy records how it was made in its rebuild list

@@ -132,3 +132,9 @@ def test_phone_photo_is_turned_upright_by_its_exif_orientation():
     opened = service.open_upload(encoded(stored, "JPEG", exif=exif, quality=100))
     assert opened.size == upright.size
     assert np.abs(np.asarray(opened, np.int16) - np.asarray(upright, np.int16)).mean() < 4
+
+
+def test_damaged_exif_keeps_the_stored_pixels():
+    digit = Image.fromarray(grey_digit())
+    opened = service.open_upload(encoded(digit, exif=b"Exif\0\0XX\0*\0\0\0\x08"))  # not a TIFF header
+    assert np.array_equal(np.asarray(opened), grey_digit())

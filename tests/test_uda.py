@@ -622,3 +622,23 @@ def test_uda_table_ships_the_seed_its_selection_rule_ranks_best(tmp_path):
                                  str(tmp_path)) == 0.955
     with pytest.raises(SystemExit, match="no target_bnm score at step 1500"):
         table.selection_score({**by_bnm[0], "metrics": {**by_bnm[0]["metrics"], "selected_step": 1500}}, str(tmp_path))
+    recorded = {**by_bnm[1], "name": "trained_elsewhere", "metrics": {**by_bnm[1]["metrics"], "selected_score": 0.5}}
+    assert table.selection_score(recorded, str(tmp_path)) == 0.5  # the result's own score: no log needed
+
+
+def test_uda_table_refuses_to_rank_seeds_selected_by_different_rules(tmp_path):
+    import argparse
+
+    table = _uda_table()
+    runs = [{"name": f"gta_mnistm_to_usps_s{seed}", "seed": seed, "method": "gta", "source": "mnistm",
+             "target": "usps", "variant": None, "returncode": 0,
+             "metrics": {"selected_by": rule, "selected_step": 10, "selected_score": 0.1, "labelled_val_acc": 0.9}}
+            for seed, rule in ((0, "target_bnm"), (1, "labelled_val"))]
+    (tmp_path / "summary.json").write_text(json.dumps(runs))
+    with pytest.raises(SystemExit, match=r"selected by different rules \(labelled_val, target_bnm\)"):
+        table.ship(argparse.Namespace(out=str(tmp_path), pairs="", final=False, ship=str(tmp_path / "ship"),
+                                      ship_methods="gta"))
+    assert not (tmp_path / "ship").exists()
+    assert table.selection_phrase(runs, ["gta"]) == "each run's own rule (see its overrides) (no target labels)"
+    assert table.selection_phrase(runs[:1], ["gta"]) == ("weights picked by batch nuclear norm (BNM) on target val "
+                                                         "(no target labels)")

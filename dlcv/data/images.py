@@ -63,7 +63,7 @@ def read_image(path: str | os.PathLike, size: int | None = None, channels: int |
                 img = eight_bit(img)
             except ValueError as err:
                 raise DataError(f"{path} {err}") from None
-            if img.mode in ("RGBA", "P", "CMYK", "YCbCr"):
+            if img.mode in ("RGBA", "P", "PA", "CMYK", "YCbCr"):
                 img = img.convert("RGB")
             elif img.mode in ("LA", "1"):
                 img = img.convert("L")

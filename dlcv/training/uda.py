@@ -788,6 +788,8 @@ def _finish(cfg: RunConfig, method: SourceOnly, src: DomainData, tgt: DomainData
         result[f"{prefix}target_test_acc"] = test["acc"] if test else None
         result[f"{key}_step"] = best_step
     result["selected_by"] = select
+    if select != "last":  # the rule's own score of these weights, so seeds can be ranked by it (uda_table --ship)
+        result["selected_score"] = best["selected"][0]
     result["labelled_val_acc"] = evaluate(method, labelled, "val", method.labelled_domain, fmt)["acc"]
     result = {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
     checkpoint.save(final.to(memory_format=torch.contiguous_format), out, {"run": run_record(cfg), "metrics": result})
