@@ -35,8 +35,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from dlcv import catalog
-from dlcv.metadata import SELECTION_NAMES
 from dlcv.catalog import UDA_PAIRS as PAIRS  # svhn pairs only run when svhn is prepared
+from dlcv.metadata import SELECTION_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the training subprocesses run in
 
@@ -611,8 +611,9 @@ def ship(args: argparse.Namespace) -> None:
     for r in runs:
         groups.setdefault((r["method"], r["source"], r["target"]), []).append(r)
     for (method, src, tgt), group in sorted(groups.items()):
-        rules = sorted({r["metrics"].get("selected_by", "labelled_val") for r in group} - {"last"} or {"last"})
-        if len(rules) > 1:  # their scores are on different scales: labelled val accuracy, BNM, ...
+        # the scale each seed is ranked on: labelled val accuracy (for labelled_val and last), BNM, IM, ...
+        rules = sorted({r["metrics"].get("selected_by", "labelled_val").replace("last", "labelled_val") for r in group})
+        if len(rules) > 1:
             raise SystemExit(f"{method} {src} -> {tgt}: the seeds were selected by different rules ({', '.join(rules)})"
                              f"; ship runs trained with one --method.select (or --pairs / another --out)")
         best = max(group, key=lambda r: (selection_score(r, args.out), -r["seed"]))
@@ -624,9 +625,10 @@ def ship(args: argparse.Namespace) -> None:
         size = sum(p.stat().st_size for p in dest.iterdir()) / 2**20
         if size > 10:
             raise SystemExit(f"{dest} is {size:.1f} MB, over the 10 MB limit; use a smaller --model.width")
-        print(f"{dest}: seed {best['seed']}, {best['metrics'].get('selected_by', 'labelled_val')} "
-              f"{selection_score(best, args.out):.4g}, source val {best['metrics']['labelled_val_acc']:.4f}, target test "
-              f"{best['metrics']['target_test_acc']:.4f}, {size:.1f} MB", flush=True)
+        metrics = best["metrics"]
+        print(f"{dest}: seed {best['seed']}, {metrics.get('selected_by', 'labelled_val')} "
+              f"{selection_score(best, args.out):.4g}, source val {metrics['labelled_val_acc']:.4f}, target test "
+              f"{metrics['target_test_acc']:.4f}, {size:.1f} MB", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
