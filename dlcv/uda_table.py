@@ -500,8 +500,8 @@ def final_checkpoint(run: dict, args: argparse.Namespace) -> dict:
     dlcv.training.uda.export_final, with every figure measured on those weights) instead of its selected ones."""
     from dlcv import checkpoint
     from dlcv.config import RunConfig, apply_overrides, from_dict
-    from dlcv.presets import get_preset
     from dlcv.metadata import retarget
+    from dlcv.presets import get_preset
     from dlcv.training.uda import export_final
 
     dest = Path(args.out) / "final" / run["name"]
