@@ -12,7 +12,7 @@ import time
 import typing
 from pathlib import Path
 
-from dlcv.config import default_data_root
+from dlcv.config import MAX_SEED, default_data_root
 from dlcv.metadata import Sampler
 
 log = logging.getLogger("dlcv")
@@ -40,13 +40,13 @@ def count_type(text: str) -> int:
 
 
 def seed_type(text: str) -> int:
-    """argparse type of every --seed: an integer 0 .. 2**32 - 1 (numpy's and torch's generators take no other)."""
+    """argparse type of every --seed: an integer 0 .. MAX_SEED."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed such as 0") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; give a seed from 0 to {2**32 - 1}")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give a seed from 0 to {MAX_SEED}")
     return value
 
 

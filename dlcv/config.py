@@ -11,6 +11,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+MAX_SEED = 2**32 - 1  # seeds are 0 .. MAX_SEED: numpy's and torch's generators take no other
+
 DEFAULT_DATA_ROOT = "data"
 
 

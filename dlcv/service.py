@@ -25,6 +25,7 @@ from dlcv import checkpoint, hub
 # the demo pages read the roles through the service
 from dlcv.catalog import (DIGIT_DIFFUSION, DIGIT_GAN, FACE_GAN_ORDER, FACE_VAE, GREY_DOMAINS,  # noqa: F401
                           SMILING_CLASSIFIER, SMILING_GAN)
+from dlcv.config import MAX_SEED
 from dlcv.data.images import eight_bit
 from dlcv.data.loaders import to_model_range
 from dlcv.metadata import SELECTION_NAMES
@@ -33,7 +34,6 @@ DIGIT_LABELS = [str(d) for d in range(10)]
 SAMPLERS = ("dpm++2m", "ddim", "ddpm")  # the diffusion samplers the demo offers (all of dlcv.metadata.Sampler)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
-MAX_SEED = 2**32 - 1  # the CLI's --seed range (dlcv.cli.seed_type)
 
 log = logging.getLogger(__name__)
 
